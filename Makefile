@@ -1,0 +1,67 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+DVC_VENV := .venv-dvc
+BIN := $(VENV)/bin
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: env run test test-all ui mlflow-ui data benchmarks clean-env
+
+env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST)
+
+# torch/torchvision come from local disk (pip on Python 3.11 finds them there); everything else is
+# pinned by constraints.txt.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip==25.3"
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# DVC in its own venv: hydra (DVC's `-S` overrides) pins antlr4 4.9, Dagster's selection-string
+# parser needs 4.13, and one interpreter can hold only one `antlr4`. A wrapper puts `dvc` on the
+# app venv's PATH, with the app venv first so stage commands find `bilaf`.
+$(DVC_VENV)/.installed: constraints-dvc.txt $(VENV)/.installed
+	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/python -m pip install -q --upgrade "pip==25.3"
+	$(DVC_VENV)/bin/python -m pip install -q -r constraints-dvc.txt
+	printf '%s\n' '#!/bin/sh' \
+	  '# DVC runs from its own venv (antlr4 4.9); the app venv stays first on PATH for stage commands.' \
+	  'here="$$(cd "$$(dirname "$$0")" && pwd)"' \
+	  'PATH="$$here:$$PATH" exec "$$here/../../$(DVC_VENV)/bin/dvc" "$$@"' > $(BIN)/dvc
+	chmod +x $(BIN)/dvc
+	$(BIN)/dvc config --global core.analytics false 2>/dev/null || true
+	touch $@
+
+# Fashion-MNIST (MIT) from Debian where apt is available; elsewhere the data code downloads it.
+$(FASHION_MNIST):
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	else echo "apt-get unavailable: Fashion-MNIST will be downloaded by torchvision when online"; fi
+
+run: env
+	$(BIN)/bilaf run
+
+test: env
+	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
+
+test-all: env
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: env
+	@echo "Dagster UI: http://127.0.0.1:3000"
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+mlflow-ui: env
+	@echo "MLflow UI: http://127.0.0.1:5000"
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root mlflow/artifacts
+
+clean-env:
+	rm -rf $(VENV) $(DVC_VENV)

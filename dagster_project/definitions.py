@@ -1,0 +1,32 @@
+"""Assembles the Dagster code location; the definitions themselves live in dagster_project/defs."""
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from dagster_project.defs.assets import PARAMS_SOURCES, STAGE_ASSETS
+from dagster_project.defs.checks import ASSET_CHECKS
+from dagster_project.defs.resources import DvcResource, MlflowResource, ProjectResource, default_project_dir
+from dagster_project.defs.schedules import nightly_refresh
+from dagster_project.defs.sensors import refresh_sensor
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def build_definitions(project_dir: str | None = None) -> dg.Definitions:
+    root = project_dir or default_project_dir()
+    return dg.Definitions(
+        assets=[*PARAMS_SOURCES, *STAGE_ASSETS],
+        asset_checks=ASSET_CHECKS,
+        sensors=[refresh_sensor],
+        schedules=[nightly_refresh],
+        resources={
+            "project": ProjectResource(root=root),
+            "dvc": DvcResource(root=root),
+            "mlflow": MlflowResource(root=root),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,75 @@
+"""Blocking asset checks: a failed check stops the assets downstream of it."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+import dagster as dg
+
+from dagster_project import artifacts
+from dagster_project.defs.resources import ProjectResource
+
+
+@dg.asset_check(asset="embeddings", blocking=True,
+                description="Every pool item has exactly one finite embedding row.")
+def embeddings_complete_and_finite(project: ProjectResource) -> dg.AssetCheckResult:
+    from dagster_project.features import load_embeddings, read_manifest
+
+    embeddings = load_embeddings(project.paths.output("embeddings"))
+    manifest_ids = set(read_manifest(project.paths.data)["id"])
+    features = np.asarray(embeddings.features)
+    non_finite_rows = int(np.count_nonzero(~np.isfinite(features).all(axis=1)))
+    ids = list(embeddings.ids)
+    missing = len(manifest_ids - set(ids))
+    duplicated = len(ids) - len(set(ids))
+    return dg.AssetCheckResult(
+        passed=non_finite_rows == 0 and missing == 0 and duplicated == 0 and len(ids) == len(manifest_ids),
+        metadata={"rows": len(ids), "pool_items": len(manifest_ids), "non_finite_rows": non_finite_rows,
+                  "pool_items_without_embedding": missing, "duplicated_ids": duplicated},
+    )
+
+
+def _selection(project: ProjectResource) -> pd.DataFrame:
+    return pd.read_csv(project.paths.output("boundary_set") / "selection.csv", dtype={"id": str})
+
+
+@dg.asset_check(asset="boundary_set", blocking=True, description="The selection holds exactly the budget.")
+def selection_size_equals_budget(project: ProjectResource) -> dg.AssetCheckResult:
+    size, budget = len(_selection(project)), project.params().boundary.budget
+    return dg.AssetCheckResult(passed=size == budget, metadata={"selected": size, "budget": budget})
+
+
+@dg.asset_check(asset="boundary_set", blocking=True,
+                description="No item is selected twice (the repo variant's documented duplicates only warn).")
+def selection_has_no_duplicates(project: ProjectResource) -> dg.AssetCheckResult:
+    ids = _selection(project)["id"]
+    duplicates = sorted(set(ids[ids.duplicated()]))
+    repo_variant = project.params().denoise.variant == "repo"
+    return dg.AssetCheckResult(
+        passed=not duplicates,
+        severity=dg.AssetCheckSeverity.WARN if repo_variant else dg.AssetCheckSeverity.ERROR,
+        metadata={"duplicates": len(duplicates), "examples": ", ".join(duplicates[:5])},
+    )
+
+
+@dg.asset_check(asset="boundary_set", blocking=True, description="Every selected id exists in the pool.")
+def selection_ids_exist_in_pool(project: ProjectResource) -> dg.AssetCheckResult:
+    from dagster_project.features import read_manifest
+
+    manifest = read_manifest(project.paths.data)
+    train_ids = set(manifest.loc[manifest["split"] == "train", "id"])
+    unknown = sorted(set(_selection(project)["id"]) - train_ids)
+    return dg.AssetCheckResult(passed=not unknown,
+                               metadata={"unknown_ids": len(unknown), "examples": ", ".join(unknown[:5])})
+
+
+@dg.asset_check(asset="boundary_set", blocking=True, description="Every core sample is in the selection.")
+def selection_includes_every_core(project: ProjectResource) -> dg.AssetCheckResult:
+    core_ids = set(artifacts.read_json(project.paths.output("core_centers"))["core_ids"])
+    missing = sorted(core_ids - set(_selection(project)["id"]))
+    return dg.AssetCheckResult(passed=not missing,
+                               metadata={"cores": len(core_ids), "missing_cores": len(missing)})
+
+
+ASSET_CHECKS = [embeddings_complete_and_finite, selection_size_equals_budget, selection_has_no_duplicates,
+                selection_ids_exist_in_pool, selection_includes_every_core]

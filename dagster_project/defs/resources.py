@@ -1,0 +1,174 @@
+"""Resources: the project folder, DVC (versioning) and MLflow (tracking)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+
+from dagster_project.config import Params, load_params
+from dagster_project.stages import ProjectPaths
+
+PROJECT_DIR_ENV = "BILAF_PROJECT_DIR"
+EXPERIMENT_NAME = "bilaf"
+
+
+def default_project_dir() -> str:
+    """The folder holding params.yaml, data/ and artifacts/: $BILAF_PROJECT_DIR or the cwd."""
+    return os.environ.get(PROJECT_DIR_ENV) or os.getcwd()
+
+
+class ProjectResource(dg.ConfigurableResource):
+    """The project folder every stage reads and writes."""
+
+    root: str
+
+    @property
+    def paths(self) -> ProjectPaths:
+        return ProjectPaths(Path(self.root).resolve())
+
+    def params(self) -> Params:
+        return load_params(self.paths.params)
+
+
+class DvcResource(dg.ConfigurableResource):
+    """Records each artifact in DVC (dvc.lock / data.dvc) and reads back its hash."""
+
+    root: str
+    push: bool = False
+
+    def _run(self, *args: str) -> str:
+        executable = _dvc_executable()
+        completed = subprocess.run([executable, *args], cwd=self.root, capture_output=True, text=True)
+        if completed.returncode != 0:
+            raise RuntimeError(f"`dvc {' '.join(args)}` failed in {self.root}:\n{completed.stderr.strip()}")
+        return completed.stdout
+
+    def track_pool(self) -> str:
+        """`dvc add data` (a no-op when unchanged); returns the pool's DVC hash."""
+        self._run("add", "-q", "data")
+        self._maybe_push("data.dvc")
+        return _md5_of(yaml.safe_load((Path(self.root) / "data.dvc").read_text())["outs"][0])
+
+    def commit_stage(self, stage: str) -> str:
+        """Record the stage's current deps, params and outs in dvc.lock; returns the output's hash."""
+        self._run("commit", "-q", "-f", stage)
+        self._maybe_push(stage)
+        return self.stage_output_hash(stage)
+
+    def stage_output_hash(self, stage: str) -> str:
+        lock = yaml.safe_load((Path(self.root) / "dvc.lock").read_text())
+        return _md5_of(lock["stages"][stage]["outs"][0])
+
+    def dependency_hashes(self, stage: str) -> dict[str, str]:
+        lock = yaml.safe_load((Path(self.root) / "dvc.lock").read_text())
+        return {dep["path"]: _md5_of(dep) for dep in lock["stages"][stage].get("deps", [])}
+
+    def _maybe_push(self, target: str) -> None:
+        if self.push:
+            self._run("push", "-q", target)
+
+
+def _md5_of(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("md5") or entry.get("hash") or "")
+
+
+def _dvc_executable() -> str:
+    """The `dvc` beside this interpreter (the app venv's wrapper), else the one on PATH."""
+    candidate = Path(sys.executable).with_name("dvc")
+    found = str(candidate) if candidate.exists() else shutil.which("dvc")
+    if not found:
+        raise RuntimeError("dvc not found: run `make env` (DVC lives in .venv-dvc, wrapped as .venv/bin/dvc)")
+    return found
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """One parent MLflow run per Dagster run, one nested run per asset materialization.
+
+    Defaults to a local store under the project's `mlflow/` folder (SQLite + artifacts beside
+    it); MLFLOW_TRACKING_URI points it at a real `mlflow server` instead.
+    """
+
+    root: str
+    tracking_uri: str | None = None
+
+    def resolved_tracking_uri(self) -> str:
+        return (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or f"sqlite:///{Path(self.root).resolve() / 'mlflow' / 'mlflow.db'}")
+
+    def _client(self):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.resolved_tracking_uri())
+
+    def _experiment_id(self, client) -> str:
+        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.resolved_tracking_uri().startswith("sqlite:"):
+            location = (Path(self.root).resolve() / "mlflow" / "artifacts").as_uri()
+        return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+
+    def _parent_run_id(self, client, experiment_id: str, dagster_run_id: str, job_name: str) -> str:
+        existing = client.search_runs([experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' "
+                                      "and tags.bilaf_level = 'dagster_run'", max_results=1)
+        if existing:
+            return existing[0].info.run_id
+        run = client.create_run(experiment_id, run_name=f"dagster-{dagster_run_id[:8]}",
+                                tags={"dagster_run_id": dagster_run_id, "bilaf_level": "dagster_run",
+                                      "dagster_job": job_name})
+        return run.info.run_id
+
+    @contextlib.contextmanager
+    def asset_run(self, context: dg.AssetExecutionContext, asset_name: str,
+                  tags: Mapping[str, str]) -> Iterator["AssetRunLogger"]:
+        """A nested MLflow run for one materialization; marked FAILED if the body raises."""
+        client = self._client()
+        experiment_id = self._experiment_id(client)
+        parent_id = self._parent_run_id(client, experiment_id, context.run_id, context.job_name)
+        run = client.create_run(
+            experiment_id, run_name=asset_name,
+            tags={"mlflow.parentRunId": parent_id, "dagster_run_id": context.run_id,
+                  "asset_key": asset_name, "bilaf_level": "asset", **tags},
+        )
+        logger = AssetRunLogger(client, run.info.run_id)
+        try:
+            yield logger
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            client.set_terminated(parent_id, "FAILED")
+            raise
+        client.set_terminated(run.info.run_id, "FINISHED")
+        client.set_terminated(parent_id, "FINISHED")
+
+
+class AssetRunLogger:
+    """Thin helper over one MLflow run id (explicit client calls, no global fluent state)."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
+        for key, value in params.items():
+            self.client.log_param(self.run_id, f"{prefix}{key}", "null" if value is None else value)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, float(value))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)

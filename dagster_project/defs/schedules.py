@@ -1,0 +1,14 @@
+"""Schedule: a nightly check for new data or parameters (off by default; the sensor reacts sooner)."""
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project.defs.resources import ProjectResource
+from dagster_project.defs.sensors import refresh_request
+
+
+@dg.schedule(cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED,
+             target=dg.AssetSelection.all(include_sources=True),
+             description="Nightly: re-run what new data or changed parameters made stale.")
+def nightly_refresh(context: dg.ScheduleEvaluationContext, project: ProjectResource):
+    return refresh_request(context.instance, project)
