@@ -65,15 +65,15 @@ class CoreParams:
 
 @dataclasses.dataclass(frozen=True)
 class DenoiseParams:
-    k_neighbors: int = 10
-    growth_fraction: float = 0.1
+    n_neighbors: int = 10
+    ring_fraction: float = 0.1
     removal_ratio: float = 0.1
     variant: Literal["default", "repo"] = "default"
 
     def __post_init__(self) -> None:
-        _require(self.k_neighbors >= 1, "denoise.k_neighbors", f"must be >= 1, got {self.k_neighbors}")
-        _require(0 < self.growth_fraction <= 1, "denoise.growth_fraction",
-                 f"must be in (0, 1], got {self.growth_fraction}")
+        _require(self.n_neighbors >= 1, "denoise.n_neighbors", f"must be >= 1, got {self.n_neighbors}")
+        _require(0 < self.ring_fraction <= 1, "denoise.ring_fraction",
+                 f"must be in (0, 1], got {self.ring_fraction}")
         _require(0 <= self.removal_ratio < 1, "denoise.removal_ratio",
                  f"must be in [0, 1), got {self.removal_ratio}")
 

@@ -175,9 +175,8 @@ def _run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
     pool = TrainPool.load(paths)
     cores = _load_cores(paths)
     section = params.denoise
-    denoised = denoise(pool.features, cores.indices, k_neighbors=section.k_neighbors,
-                       growth_fraction=section.growth_fraction, removal_ratio=section.removal_ratio,
-                       variant=section.variant)
+    denoised = denoise(pool.features, cores, variant=section.variant, n_neighbors=section.n_neighbors,
+                       ring_fraction=section.ring_fraction, removal_ratio=section.removal_ratio)
     with artifacts.atomic_output(paths.output("denoised_pool")) as out:
         artifacts.write_json(out, {"denoised": denoised.to_dict(), "ids": pool.ids})
     kept = int(np.count_nonzero(denoised.kept))
@@ -191,8 +190,8 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
     pool = TrainPool.load(paths)
     cores = _load_cores(paths)
     denoised = _load_denoised(paths)
-    result = select_boundary(pool.features, cores.indices, denoised, params.boundary.budget,
-                             penalty=params.boundary.penalty, variant=params.denoise.variant)
+    result = select_boundary(pool.features, cores, denoised, params.boundary.budget,
+                             penalty=params.boundary.penalty)
     records = [dict(record, id=pool.ids[record["index"]], path=pool.paths[record["index"]])
                for record in result.to_records()]
     with artifacts.atomic_output(paths.output("boundary_set")) as out:
@@ -244,6 +243,112 @@ def _run_annotation_batch(paths: ProjectPaths, params: Params) -> StageOutcome:
     )
 
 
+def _run_finetuned_model(paths: ProjectPaths, params: Params) -> StageOutcome:
+    import torch
+
+    from dagster_project.features import create_classifier, input_normalisation
+    from dagster_project.training import FinetuneConfig, ModelMetadata, finetune, save_finetuned
+
+    labeled = LabeledSelection.load(paths)
+    section = params.finetune
+    config = FinetuneConfig(epochs=section.epochs, image_size=section.image_size, batch_size=section.batch_size,
+                            learning_rate=section.lr, warmup_epochs=min(2.0, section.epochs - 1), seed=section.seed)
+    torch.manual_seed(section.seed)  # the new head's initialisation: same seed, same model
+    model = create_classifier(params.features.backbone, num_classes=len(labeled.classes),
+                              weights=params.features.weights)
+    mean, std = input_normalisation(params.features.backbone, params.features.weights)
+    result = finetune(model, labeled.train_paths, labeled.train_labels, mean=mean, std=std, config=config)
+    metadata = ModelMetadata(backbone=params.features.backbone, classes=labeled.classes,
+                             image_size=section.image_size, mean=tuple(mean), std=tuple(std),
+                             extra={"config": config.to_dict(), "train_items": len(labeled.train_paths)})
+    with artifacts.atomic_output(paths.output("finetuned_model")) as out:
+        save_finetuned(result.model, metadata, out)
+        artifacts.write_json(out / "history.json", [dataclasses.asdict(epoch) for epoch in result.history])
+    final = paths.output("finetuned_model")
+    last = result.history[-1]
+    return StageOutcome(
+        metrics={"train_items": len(labeled.train_paths), "classes": len(labeled.classes),
+                 "final_loss": last.loss, "images_per_second": last.images_per_second},
+        files=[final / "history.json"],
+    )
+
+
+def _run_evaluation(paths: ProjectPaths, params: Params) -> StageOutcome:
+    from dagster_project.features import load_embeddings
+    import matplotlib.pyplot as plt
+
+    from dagster_project.training import (evaluate_finetuned, knn_probe, linear_probe, load_finetuned,
+                                          plot_confusion_matrix)
+
+    labeled = LabeledSelection.load(paths)
+    model, metadata = load_finetuned(paths.output("finetuned_model"))
+    num_classes = len(labeled.classes)
+    finetuned = evaluate_finetuned(model, labeled.test_paths, labeled.test_labels, metadata.eval_transform(),
+                                   num_classes=num_classes)
+    embeddings = load_embeddings(paths.output("embeddings"))
+    row = {item: position for position, item in enumerate(embeddings.ids)}
+    features = np.asarray(embeddings.features)
+    train_x = features[[row[item] for item in labeled.train_ids]]
+    test_x = features[[row[item] for item in labeled.test_ids]]
+    probes = {
+        "linear_probe": linear_probe(train_x, labeled.train_labels, test_x, labeled.test_labels,
+                                     num_classes=num_classes),
+        "knn": knn_probe(train_x, labeled.train_labels, test_x, labeled.test_labels, num_classes=num_classes,
+                         k=params.evaluation.knn_k),
+    }
+    results = {"finetuned": finetuned, **probes}
+    with artifacts.atomic_output(paths.output("evaluation")) as out:
+        out.mkdir()
+        artifacts.write_json(out / "metrics.json", {
+            "classes": labeled.classes, "test_items": len(labeled.test_ids), "train_items": len(labeled.train_ids),
+            **{name: {"top1": float(metrics.accuracy),
+                      "per_class_accuracy": [None if np.isnan(value) else float(value)
+                                             for value in metrics.per_class_accuracy],
+                      "confusion": np.asarray(metrics.confusion).tolist()} for name, metrics in results.items()},
+        })
+        figure = plot_confusion_matrix(finetuned.confusion, labeled.classes,
+                                       title=f"Finetuned model on the test split (top-1 {finetuned.accuracy:.3f})")
+        figure.savefig(out / "confusion.png", format="png", metadata={"Software": None})
+        plt.close(figure)
+    final = paths.output("evaluation")
+    return StageOutcome(metrics={f"{name}_top1": metrics.accuracy for name, metrics in results.items()},
+                        files=[final / "metrics.json"], plots=[final / "confusion.png"])
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledSelection:
+    """The annotated selection and the test split, labels validated and encoded as class indices."""
+
+    classes: list[str]
+    train_ids: list[str]
+    train_paths: list[str]
+    train_labels: np.ndarray
+    test_ids: list[str]
+    test_paths: list[str]
+    test_labels: np.ndarray
+
+    @classmethod
+    def load(cls, paths: ProjectPaths) -> "LabeledSelection":
+        import pandas as pd
+
+        from dagster_project.features import read_manifest
+        from dagster_project.training import validate_labeled_selection
+
+        manifest = read_manifest(paths.data)
+        batch = paths.output("annotation_batch")
+        selected = pd.read_csv(batch / "to_annotate.csv", dtype={"id": str})["id"].tolist()
+        given = pd.read_csv(batch / "labels.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+        labeled = manifest[manifest["label"].notna()]
+        classes = [str(name) for _, name in sorted(set(zip(labeled["label"], labeled["class_name"])))]
+        test = manifest[manifest["split"] == "test"]
+        validated = validate_labeled_selection(selected, dict(zip(given["id"], given["label"])), classes,
+                                               test["label"].tolist())
+        path_of = dict(zip(manifest["id"], manifest["path"]))
+        return cls(classes=classes, train_ids=selected, train_paths=[str(paths.data / path_of[i]) for i in selected],
+                   train_labels=validated.train, test_ids=test["id"].tolist(),
+                   test_paths=[str(paths.data / p) for p in test["path"]], test_labels=validated.test)
+
+
 def read_labels_csv(path: Path):
     """Labels from an annotation tool: a CSV with an `id` (or `item_id`) and a `label` (or `choice`) column."""
     import pandas as pd
@@ -271,6 +376,8 @@ _RUNNERS: dict[str, Callable[[ProjectPaths, Params], StageOutcome]] = {
     "denoised_pool": _run_denoised_pool,
     "boundary_set": _run_boundary_set,
     "annotation_batch": _run_annotation_batch,
+    "finetuned_model": _run_finetuned_model,
+    "evaluation": _run_evaluation,
 }
 
 

@@ -1,4 +1,5 @@
-"""`bilaf stage NAME` (one stage, as DVC runs it) and `bilaf run` (observe, then materialize what changed)."""
+"""`bilaf stage NAME` (one stage, as DVC runs it), `bilaf run` (observe, then materialize what changed)
+and `bilaf lineage ID` (why an image was selected)."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     run.set_defaults(handler=_run)
 
+    lineage = subparsers.add_parser("lineage", help="why an image was selected: data, backbone, params, code, run")
+    lineage.add_argument("id", help="the item id (content hash) as in artifacts/boundary_set/selection.csv")
+    lineage.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
+    lineage.set_defaults(handler=_lineage)
+
 
 def _stage(args: argparse.Namespace) -> int:
     outcome = run_stage(args.name, args.project)
     print(f"{args.name}: " + ", ".join(f"{key}={value:g}" for key, value in outcome.metrics.items()))
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from dagster_project.lineage import explain_selection
+
+    print(json.dumps(explain_selection(args.id, args.project), indent=2, default=str))
     return 0
 
 

@@ -5,7 +5,6 @@ source assets whose data version is the hash of their section of params.yaml. A 
 the sections it reads; changing `boundary.penalty` therefore makes `boundary_set` and what follows
 stale, and nothing upstream. Each stage's data version is the DVC hash of its output.
 """
-from __future__ import annotations
 
 import base64
 import subprocess

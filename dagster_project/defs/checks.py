@@ -1,5 +1,4 @@
 """Blocking asset checks: a failed check stops the assets downstream of it."""
-from __future__ import annotations
 
 import numpy as np
 import pandas as pd

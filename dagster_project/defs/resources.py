@@ -1,5 +1,4 @@
 """Resources: the project folder, DVC (versioning) and MLflow (tracking)."""
-from __future__ import annotations
 
 import contextlib
 import os

@@ -1,5 +1,4 @@
 """Schedule: a nightly check for new data or parameters (off by default; the sensor reacts sooner)."""
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,5 +1,4 @@
 """Sensor: re-run exactly what changed when params.yaml or the data source changes."""
-from __future__ import annotations
 
 import hashlib
 

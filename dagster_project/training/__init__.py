@@ -28,7 +28,6 @@ from dagster_project.training.finetune import (
     FinetuneResult,
     build_lr_scheduler,
     finetune,
-    resolve_device,
     set_drop_path_rate,
 )
 from dagster_project.training.labels import (
@@ -56,7 +55,6 @@ __all__ = [
     "load_finetuned",
     "plot_confusion_matrix",
     "predict_logits",
-    "resolve_device",
     "save_finetuned",
     "set_drop_path_rate",
     "train_transform",

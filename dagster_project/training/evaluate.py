@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -205,15 +206,20 @@ def linear_probe(
 ) -> ClassificationMetrics:
     """Multinomial logistic regression on L2-normalised frozen features (deterministic L-BFGS).
 
-    ``inverse_regularization`` is scikit-learn's ``C``, fixed rather than tuned on the test split;
-    10 suits unit-norm features, whose logits need weights of norm ~10 to become confident.
+    ``inverse_regularization`` is scikit-learn's ``C``, fixed rather than tuned per run. On
+    EfficientNet-Lite0 Fashion-MNIST features (100 to 1,000 labelled items) C = 10 was within
+    0.6 points of the best of 0.1..1000 at every size. The fit runs with single-threaded BLAS:
+    these problems are small, and with busy cores BLAS/OpenMP threads spin-waiting on each other
+    turned a 0.2 s fit into 12 s.
     """
     train_x, train_y, test_x, test_y, num_classes = _check_features(
         train_features, train_labels, test_features, test_labels, num_classes
     )
     classifier = LogisticRegression(C=inverse_regularization, max_iter=max_iter)
-    classifier.fit(train_x, train_y)
-    return classification_metrics(test_y, classifier.predict(test_x), num_classes)
+    with threadpool_limits(limits=1):
+        classifier.fit(train_x, train_y)
+        predicted = classifier.predict(test_x)
+    return classification_metrics(test_y, predicted, num_classes)
 
 
 def knn_probe(

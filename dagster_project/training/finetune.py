@@ -31,7 +31,6 @@ __all__ = [
     "FinetuneResult",
     "build_lr_scheduler",
     "finetune",
-    "resolve_device",
     "set_drop_path_rate",
 ]
 
@@ -184,7 +183,7 @@ def build_lr_scheduler(
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     total = config.epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
     return CosineLRScheduler(
         optimizer,
         t_initial=total - warmup,
@@ -230,7 +229,7 @@ def finetune(
     use_amp = config.amp and device.type == "cuda"
     batch_size = min(config.batch_size, len(dataset))
     # Full batches only (as the recipe's loader), so BatchNorm never sees a tiny last batch;
-    # shuffling differs per epoch, so every item is still seen.
+    # the shuffle differs per epoch, so the items left out differ too.
     steps_per_epoch = len(dataset) // batch_size
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(

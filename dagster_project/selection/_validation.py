@@ -1,0 +1,132 @@
+"""The one input check shared by every public entry point: clear ValueErrors before any work."""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+_CHECK_ROWS = 1 << 14  # rows per chunk, so checks never copy the whole pool at once
+_HASH_SEED = 20240315
+
+
+def validate_inputs(features: Any, *, budget: Any = None, n_cores: Any = None, cores: Any = None,
+                    normalize: bool = False) -> np.ndarray:
+    """Check features and counts; return the features as a C-contiguous float32/float64 matrix.
+
+    Raises ValueError naming the problem for: non-2-D or empty features, non-real dtypes, NaN or
+    infinite rows, identical rows, zero-norm rows when ``normalize``, non-integer or non-positive
+    counts, budget or cores larger than the pool, budget smaller than the number of cores, and core
+    indices that are out of range or repeated.
+    """
+    matrix = _as_matrix(features)
+    n_items = matrix.shape[0]
+    if budget is not None:
+        budget = _positive_int("budget", budget)
+        if budget > n_items:
+            raise ValueError(f"budget {budget} is larger than the pool ({n_items} items)")
+    if n_cores is not None:
+        n_cores = _positive_int("n_cores", n_cores)
+        if n_cores > n_items:
+            raise ValueError(f"n_cores {n_cores} is larger than the pool ({n_items} items)")
+    if cores is not None:
+        n_cores = len(validate_core_indices(cores, n_items))
+    if budget is not None and n_cores is not None and budget < n_cores:
+        raise ValueError(f"budget {budget} is smaller than the number of cores ({n_cores}): "
+                         "every core is part of the selection")
+    _check_finite(matrix)
+    if normalize:
+        _check_nonzero_rows(matrix)
+    _check_distinct_rows(matrix)
+    return matrix
+
+
+def validate_core_indices(cores: Any, n_items: int) -> np.ndarray:
+    """Core item indices, ascending int64; ValueError if empty, out of range or repeated."""
+    if isinstance(cores, torch.Tensor):
+        cores = cores.detach().cpu().numpy()
+    array = np.asarray(getattr(cores, "indices", cores))
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError("cores must be a non-empty 1-D list of item indices; "
+                         f"got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"cores must be integer item indices; got dtype {array.dtype}")
+    array = np.sort(array.astype(np.int64))
+    if array[0] < 0 or array[-1] >= n_items:
+        bad = array[0] if array[0] < 0 else array[-1]
+        raise ValueError(f"cores contains index {bad} outside the pool [0, {n_items})")
+    repeated = array[1:][array[1:] == array[:-1]]
+    if repeated.size:
+        raise ValueError(f"cores contains index {repeated[0]} more than once")
+    return array
+
+
+def _as_matrix(features: Any) -> np.ndarray:
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    if features is None:
+        raise ValueError("features is empty: got None")
+    array = np.asarray(features)
+    if array.ndim != 2:
+        raise ValueError("features must be a 2-D array (items x dimensions); "
+                         f"got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"features is empty: got shape {array.shape}")
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.floating)
+                                       or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"features must hold real numbers; got dtype {array.dtype}")
+    dtype = np.float64 if array.dtype == np.float64 else np.float32
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive; got {value}")
+    return int(value)
+
+
+def _check_finite(matrix: np.ndarray) -> None:
+    bad_rows: list[np.ndarray] = []
+    for start in range(0, len(matrix), _CHECK_ROWS):
+        finite = np.isfinite(matrix[start:start + _CHECK_ROWS]).all(axis=1)
+        bad_rows.append(start + np.flatnonzero(~finite))
+    bad = np.concatenate(bad_rows)
+    if bad.size:
+        raise ValueError(f"features row {bad[0]} contains NaN or infinite values "
+                         f"({bad.size} such rows in total)")
+
+
+def _check_nonzero_rows(matrix: np.ndarray) -> None:
+    for start in range(0, len(matrix), _CHECK_ROWS):
+        zero = np.flatnonzero(~matrix[start:start + _CHECK_ROWS].any(axis=1))
+        if zero.size:
+            raise ValueError(f"features row {start + zero[0]} is all zeros and cannot be "
+                             "L2-normalised")
+
+
+def _check_distinct_rows(matrix: np.ndarray) -> None:
+    """Hash rows exactly (integer arithmetic on their bits), then confirm hash collisions."""
+    words = np.uint64 if matrix.dtype == np.float64 else np.uint32
+    weights = np.random.default_rng(_HASH_SEED).integers(
+        1, np.iinfo(np.int64).max, size=matrix.shape[1], dtype=np.uint64) | np.uint64(1)
+    hashes = np.empty(len(matrix), dtype=np.uint64)
+    for start in range(0, len(matrix), _CHECK_ROWS):
+        block = matrix[start:start + _CHECK_ROWS] + 0.0  # -0.0 and 0.0 are the same value
+        hashes[start:start + len(block)] = (block.view(words).astype(np.uint64) * weights).sum(
+            axis=1, dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    sorted_hashes = hashes[order]
+    same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
+    duplicates: list[tuple[int, int]] = []
+    for position in same:
+        first, second = order[position], order[position + 1]
+        if np.array_equal(matrix[first], matrix[second]):
+            duplicates.append((int(min(first, second)), int(max(first, second))))
+    if duplicates:
+        first, second = min(duplicates)
+        raise ValueError(f"features rows {first} and {second} are identical "
+                         f"({len(duplicates)} duplicate rows in total); remove duplicate items "
+                         "before selection")

@@ -1,0 +1,195 @@
+"""The whole pipeline on a tiny real project: Dagster runs, staleness, DVC agreement, MLflow lineage.
+
+Tests run in file order and build on each other (one materialization of the graph is shared).
+"""
+import copy
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from dagster_project.cli import main as bilaf
+from dagster_project.definitions import build_definitions
+from dagster_project.defs.assets import PARAMS_SOURCES
+from dagster_project.stages import STAGES
+
+from .conftest import BIN, TINY_PARAMS, run, write_params
+
+ALL_STAGES = set(STAGES)
+
+
+def _latest_run_materializations(instance: dg.DagsterInstance) -> tuple[str, set[str]]:
+    latest = instance.get_runs(limit=1)[0]
+    records = instance.all_logs(latest.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return latest.run_id, {record.dagster_event.asset_key.to_user_string() for record in records}
+
+
+def _stale_stages(instance: dg.DagsterInstance, root: Path) -> set[str]:
+    graph = build_definitions(str(root)).resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    return {name for name in STAGES if resolver.get_status(dg.AssetKey(name)) != StaleStatus.FRESH}
+
+
+def _dvc_out_hashes(root: Path) -> dict[str, str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {name: stage["outs"][0]["md5"] for name, stage in lock["stages"].items()}
+
+
+def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project, project_env):
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    with dg.DagsterInstance.get() as instance:
+        run_id, materialized = _latest_run_materializations(instance)
+        assert materialized == ALL_STAGES
+        evaluations = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        results = {record.dagster_event.event_specific_data.asset_check_key.name:
+                   record.dagster_event.event_specific_data.passed for record in evaluations}
+        assert len(results) == 5 and all(results.values()), results
+        assert _stale_stages(instance, tiny_project) == set()
+    selection = (tiny_project / "artifacts" / "boundary_set" / "selection.csv").read_text().splitlines()
+    assert len(selection) == 1 + TINY_PARAMS["boundary"]["budget"]
+
+
+def test_second_run_with_nothing_changed_does_nothing(tiny_project, project_env, capsys):
+    with dg.DagsterInstance.get() as instance:
+        before = len(instance.get_runs())
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_runs()) == before
+
+
+def test_dvc_agrees_and_reproduces_the_dagster_artifacts_byte_for_byte(tiny_project, project_env):
+    status = run([str(BIN / "dvc"), "status"], tiny_project, project_env)
+    assert "up to date" in status.stdout, status.stdout
+    dagster_hashes = _dvc_out_hashes(tiny_project)
+    with dg.DagsterInstance.get() as instance:
+        for name, md5 in dagster_hashes.items():  # the Dagster data version is the DVC hash
+            event = instance.get_latest_materialization_event(dg.AssetKey(name))
+            assert event.asset_materialization.tags["dagster/data_version"] == md5
+    run([str(BIN / "dvc"), "repro", "--force"], tiny_project, project_env)
+    assert _dvc_out_hashes(tiny_project) == dagster_hashes
+
+
+def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(tiny_project, project_env):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["boundary"]["penalty"] = 1.5
+    write_params(tiny_project, params)
+    expected = {"boundary_set", "annotation_batch", "finetuned_model", "evaluation"}
+
+    dvc_changed = run([str(BIN / "dvc"), "status", "--json"], tiny_project, project_env).stdout
+    assert set(yaml.safe_load(dvc_changed)) == expected  # DVC sees the same stages as changed
+
+    defs = build_definitions(str(tiny_project))
+    with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe sources"
+        dg.observe(PARAMS_SOURCES, instance=instance, resources=defs.resources)
+        assert _stale_stages(instance, tiny_project) == expected
+
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    with dg.DagsterInstance.get() as instance:
+        _, materialized = _latest_run_materializations(instance)
+        assert materialized == expected
+        assert _stale_stages(instance, tiny_project) == set()
+
+
+def test_invalid_parameters_fail_before_any_compute(tiny_project, project_env, capsys):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["boundary"]["penalty"] = 0.5
+    write_params(tiny_project, params)
+    with dg.DagsterInstance.get() as instance:
+        before = len(instance.get_runs())
+    try:
+        assert bilaf(["run", "--project", str(tiny_project)]) == 2
+        assert "boundary.penalty must be >= 1" in capsys.readouterr().err
+        with dg.DagsterInstance.get() as instance:
+            assert len(instance.get_runs()) == before
+    finally:
+        params["boundary"]["penalty"] = 1.5
+        write_params(tiny_project, params)
+
+
+def test_dagster_cli_string_selection_works_with_dvc_installed(tiny_project, project_env):
+    """antlr4: Dagster's selection parser needs 4.13 while DVC's hydra pins 4.9 (separate venvs)."""
+    completed = run([str(BIN / "dagster"), "asset", "materialize", "--select", "evaluation*",
+                     "-m", "dagster_project.definitions"], tiny_project, project_env)
+    assert "RUN_SUCCESS" in completed.stdout + completed.stderr
+    with dg.DagsterInstance.get() as instance:
+        _, materialized = _latest_run_materializations(instance)
+    assert materialized == {"evaluation"}
+
+
+def test_dvc_exp_run_with_a_set_parameter(tiny_project, project_env):
+    run(["git", "add", "-A"], tiny_project)
+    run(["git", "commit", "-qm", "pipeline outputs"], tiny_project)
+    completed = run([str(BIN / "dvc"), "exp", "run", "-S", "evaluation.knn_k=3"], tiny_project, project_env)
+    assert "evaluation" in completed.stdout + completed.stderr
+    assert yaml.safe_load((tiny_project / "params.yaml").read_text())["evaluation"]["knn_k"] == 3
+    write_params(tiny_project, {**TINY_PARAMS, "boundary": {"budget": 40, "penalty": 1.5}})
+
+
+def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny_project, project_env):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bilaf")
+    with dg.DagsterInstance.get() as instance:
+        first_run = instance.get_runs()[-1].run_id
+    children = client.search_runs([experiment.experiment_id], f"tags.dagster_run_id = '{first_run}'")
+    parents = [r for r in children if r.data.tags.get("bilaf_level") == "dagster_run"]
+    assets = {r.data.tags["asset_key"]: r for r in children if r.data.tags.get("bilaf_level") == "asset"}
+    assert len(parents) == 1 and set(assets) == ALL_STAGES
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in assets.values())
+    boundary = assets["boundary_set"].data
+    for key in ("git_commit", "backbone", "data_version", "dvc_md5", "params_hash:boundary"):
+        assert boundary.tags.get(key), key
+    assert boundary.params["boundary.budget"] == "40"
+    assert boundary.metrics["selected"] == 40
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_logging_to_a_real_mlflow_server(tiny_project, project_env, tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "server-artifacts")],
+        env=project_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{uri}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        params = {**TINY_PARAMS, "boundary": {"budget": 40, "penalty": 1.5}, "evaluation": {"knn_k": 7}}
+        write_params(tiny_project, params)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            assert bilaf(["run", "--project", str(tiny_project)]) == 0
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("bilaf").experiment_id],
+                                  "tags.asset_key = 'evaluation'")
+        assert len(runs) == 1 and runs[0].data.params["evaluation.knn_k"] == "7"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

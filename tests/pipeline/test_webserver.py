@@ -1,0 +1,66 @@
+"""The Dagster webserver serves every asset and check; it is stopped cleanly by PID."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import requests
+
+from dagster_project.defs.checks import ASSET_CHECKS
+from dagster_project.stages import STAGES
+from dagster_project.config import Params
+
+from .conftest import BIN
+
+QUERY = """{ assetNodes { assetKey { path } isObservable
+             assetChecksOrError { ... on AssetChecks { checks { name } } } } }"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _restore_default_sigint() -> None:
+    # A process started in the background ignores SIGINT unless its default handler is restored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_webserver_serves_every_asset_and_check(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "BILAF_PROJECT_DIR": str(tmp_path)}
+    server = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_restore_default_sigint)
+    try:
+        url = f"http://127.0.0.1:{port}/graphql"
+        deadline, payload = time.time() + 180, None
+        while time.time() < deadline and payload is None:
+            try:
+                response = requests.post(url, json={"query": QUERY}, timeout=10)
+                if response.ok and response.json().get("data", {}).get("assetNodes"):
+                    payload = response.json()["data"]["assetNodes"]
+            except requests.ConnectionError:
+                pass
+            if payload is None:
+                assert server.poll() is None, "the webserver exited early"
+                time.sleep(1)
+        assert payload is not None, "the webserver did not answer within 180 s"
+        keys = {"/".join(node["assetKey"]["path"]) for node in payload}
+        assert keys == set(STAGES) | {f"params/{section}" for section in Params.section_names()}
+        observable = {"/".join(node["assetKey"]["path"]) for node in payload if node["isObservable"]}
+        assert observable == {f"params/{section}" for section in Params.section_names()}
+        checks = {check["name"] for node in payload
+                  for check in (node["assetChecksOrError"] or {}).get("checks", [])}
+        assert checks == {next(iter(check.check_specs)).name
+                          for check in ASSET_CHECKS}
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise AssertionError("the webserver ignored SIGINT")
+    assert server.returncode is not None
