@@ -9,9 +9,12 @@ Synthetic Gaussian-mixture features (float32), the same calls as ``select(method
 
     .venv/bin/python benchmarks/selection_speed.py --scale cifar
     .venv/bin/python benchmarks/selection_speed.py --scale all --variant repo
+    .venv/bin/python benchmarks/selection_speed.py --scale imagenet --activeft-iterations 100
 
-Peak RSS is sampled every 10 ms during each stage (``peak GB``) and includes the feature matrix
-(``features GB``). Other processes on the machine compete for the same cores; say so with numbers.
+Peak RSS is sampled every 10 ms during each stage (``peak RSS GB``) and includes the feature matrix
+(``features GB`` is the RSS right after generating it). ``--threads`` sets torch's intra-op
+threads: on a machine whose cores other processes also use, 1 thread can beat 2. Other processes
+compete for the same cores; report the load average printed at the start with the numbers.
 """
 from __future__ import annotations
 

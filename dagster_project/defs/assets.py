@@ -91,7 +91,7 @@ def _metadata(project: ProjectResource, spec: StageSpec, outcome: StageOutcome, 
         "path": dg.MetadataValue.path(str(project.paths.output(spec.name))),
         "mlflow_run_id": dg.MetadataValue.text(mlflow_run_id),
     }
-    metadata.update({key: dg.MetadataValue.float(value) for key, value in outcome.metrics.items()})
+    metadata.update({key: dg.MetadataValue.float(float(value)) for key, value in outcome.metrics.items()})
     metadata.update({key: dg.MetadataValue.text(str(value)) for key, value in outcome.metadata.items()})
     for plot in outcome.plots:
         encoded = base64.b64encode(plot.read_bytes()).decode()

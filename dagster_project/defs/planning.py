@@ -8,7 +8,8 @@ import dataclasses
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.data_version import extract_data_version_from_entry
+from dagster._core.definitions.data_version import (extract_data_provenance_from_entry,
+                                                    extract_data_version_from_entry)
 
 from dagster_project.config import Params
 from dagster_project.defs.assets import params_key
@@ -43,11 +44,21 @@ def downstream_stages(roots: set[str]) -> set[str]:
     return selected
 
 
+def built_with_other_params(instance: dg.DagsterInstance, stage: str, params: Params) -> bool:
+    """True when the stage's last materialization recorded other params hashes than the current ones."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(stage))
+    provenance = extract_data_provenance_from_entry(event) if event is not None else None
+    recorded = provenance.input_data_versions if provenance is not None else {}
+    return any(recorded.get(params_key(section)) != dg.DataVersion(params.section_hash(section))
+               for section in lineage_params(stage))
+
+
 def plan_refresh(instance: dg.DagsterInstance, params: Params, *, data_changed: bool = False) -> RefreshPlan:
+    """Observe the sections whose hash is new; materialize every stage that is missing or was built
+    with other parameters (observed already or not), or new data, and everything downstream."""
     sections = tuple(section for section in Params.section_names()
                      if observed_section_hash(instance, section) != params.section_hash(section))
-    roots = {name for name in STAGES if set(lineage_params(name)) & set(sections)}
-    roots |= {name for name in STAGES if instance.get_latest_materialization_event(dg.AssetKey(name)) is None}
+    roots = {name for name in STAGES if built_with_other_params(instance, name, params)}
     if data_changed:
         roots.add("pool")
     selected = downstream_stages(roots)

@@ -133,10 +133,10 @@ class MlflowResource(dg.ConfigurableResource):
         """A nested MLflow run for one materialization; marked FAILED if the body raises."""
         client = self._client()
         experiment_id = self._experiment_id(client)
-        parent_id = self._parent_run_id(client, experiment_id, context.run_id, context.job_name)
+        parent_id = self._parent_run_id(client, experiment_id, context.run.run_id, context.run.job_name)
         run = client.create_run(
             experiment_id, run_name=asset_name,
-            tags={"mlflow.parentRunId": parent_id, "dagster_run_id": context.run_id,
+            tags={"mlflow.parentRunId": parent_id, "dagster_run_id": context.run.run_id,
                   "asset_key": asset_name, "bilaf_level": "asset", **tags},
         )
         logger = AssetRunLogger(client, run.info.run_id)

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "Backbone",
     "create_classifier",
+    "input_normalisation",
     "load_backbone",
     "resolve_device",
     "state_dict_sha256",
@@ -221,17 +222,27 @@ def _build(name: str, weights: str | Path, num_classes: int | None) -> tuple[tor
     return model, sha256, source
 
 
+def input_normalisation(name: str = DEFAULT_BACKBONE, weights: str | Path = "packaged"
+                        ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) the weights were trained with: the packaged checkpoint's own, else timm's config."""
+    _check_model_name(name)
+    if str(weights) == "packaged" and name in _PACKAGED_NORMALISATION:
+        mean, std = _PACKAGED_NORMALISATION[name]
+    else:
+        cfg = timm.models.get_pretrained_cfg(name)
+        mean, std = cfg.mean, cfg.std
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path = "packaged",
                   device: str | torch.device | None = None) -> Backbone:
     """Feature extractor ``name`` (classifier removed, eval mode) on ``device``."""
     model, sha256, source = _build(name, weights, num_classes=0)
     cfg = model.pretrained_cfg
-    mean, std = (_PACKAGED_NORMALISATION[name] if str(weights) == "packaged"
-                 else (cfg["mean"], cfg["std"]))
+    mean, std = input_normalisation(name, weights)
     resolved = resolve_device(device)
     return Backbone(
-        name=name, model=model.to(resolved).eval(), feature_dim=int(model.num_features),
-        mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+        name=name, model=model.to(resolved).eval(), feature_dim=int(model.num_features), mean=mean, std=std,
         interpolation=str(cfg.get("interpolation", "bicubic")), weights_sha256=sha256,
         weights_source=source, device=resolved)
 

@@ -317,6 +317,16 @@ def cifar_source(num_classes: int, root: Path | None = None) -> ArraySource:
     return ArraySource(name, dataset.classes, parts)
 
 
+def default_source_root(source: str) -> Path | None:
+    """Where a source is read from when no root is given (None for image-folder, which needs one)."""
+    if source == "fashion-mnist":
+        debian = Path(FASHION_MNIST_DEBIAN_DIR)
+        return debian if debian.is_dir() else _DOWNLOAD_ROOT / "FashionMNIST" / "raw"
+    if source in ("cifar10", "cifar100"):
+        return _DOWNLOAD_ROOT
+    return None
+
+
 def open_source(source: str, root: Path | None = None) -> ImageSource:
     """Open a source by name: one of :data:`SOURCES` (``image-folder`` needs ``root``)."""
     if source == "fashion-mnist":

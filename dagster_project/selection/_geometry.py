@@ -50,34 +50,38 @@ def squared_distances(rows: torch.Tensor, row_norms: torch.Tensor, columns: torc
 
 
 def nearest_centres(points: np.ndarray | torch.Tensor, centres: np.ndarray | torch.Tensor,
-                    n_nearest: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-    """For every point, its ``n_nearest`` centres sorted by (distance, centre id).
+                    n_nearest: int, exact: bool,
+                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For every point (or ``points[rows]``), its ``n_nearest`` centres by (distance, centre id).
 
-    Returns (centre ids int64, distances) of shape (N, n_nearest). The exact path gives SciPy
-    ``cdist`` values and breaks ties by lowest centre id, like ``np.argmin`` on ``cdist`` output.
+    Returns (centre ids int64, distances) of shape (len(rows), n_nearest). The exact path gives
+    SciPy ``cdist`` values and breaks ties by lowest centre id, like ``np.argmin`` on ``cdist``.
     """
     n_nearest = min(n_nearest, len(centres))
-    if not exact:
-        points_t = torch.as_tensor(points, dtype=torch.float32, device=device())
-        ids, scores = top_matches(points_t, torch.as_tensor(centres, dtype=torch.float32,
-                                                            device=device()),
-                                  n_nearest, "euclidean")
-        squared = ((points_t * points_t).sum(1)[:, None] - scores).clamp_(min=0.0)
-        return ids.cpu().numpy(), squared.sqrt_().cpu().numpy()
+    n_rows = len(points) if rows is None else len(rows)
     dev = device()
-    centre_t = torch.as_tensor(centres, dtype=torch.float64, device=dev)
-    centre_norms = (centre_t * centre_t).sum(1)
-    n_short = min(len(centres), n_nearest + _SHORTLIST_MARGIN)
-    ids = np.empty((len(points), n_short), dtype=np.int64)
-    values = np.empty((len(points), n_short), dtype=np.float64)
+    dtype = torch.float64 if exact else torch.float32
+    centre_t = torch.as_tensor(centres, dtype=dtype, device=dev)
+    n_short = min(len(centres), n_nearest + _SHORTLIST_MARGIN) if exact else n_nearest
+    ids = np.empty((n_rows, n_short), dtype=np.int64)
+    values = np.empty((n_rows, n_short), dtype=np.float64 if exact else np.float32)
     step = rows_per_block(len(centres))
-    for start in range(0, len(points), step):
-        block = torch.as_tensor(points[start:start + step], dtype=torch.float64, device=dev)
-        d2 = squared_distances(block, (block * block).sum(1), centre_t, centre_norms)
-        best, best_ids = torch.topk(d2, n_short, dim=1, largest=False, sorted=True)
+    for start in range(0, n_rows, step):
+        chunk = slice(start, start + step) if rows is None else rows[start:start + step]
+        block = torch.as_tensor(points[chunk], dtype=dtype, device=dev)
+        if exact:
+            d2 = squared_distances(block, (block * block).sum(1), centre_t,
+                                   (centre_t * centre_t).sum(1))
+            best, best_ids = torch.topk(d2, n_short, dim=1, largest=False, sorted=True)
+        else:
+            best_ids, scores = top_matches(block, centre_t, n_short, "euclidean")
+            best = ((block * block).sum(1)[:, None] - scores).clamp_(min=0.0)
         ids[start:start + len(block)] = best_ids.cpu().numpy()
         values[start:start + len(block)] = best.cpu().numpy()
-    return _exact_shortlist(np.asarray(points), np.asarray(centres), ids, values, n_nearest)
+    if not exact:
+        return ids, np.sqrt(values)
+    rows = np.arange(n_rows) if rows is None else rows
+    return _exact_shortlist(np.asarray(points), rows, np.asarray(centres), ids, values, n_nearest)
 
 
 def _scores(queries: torch.Tensor, keys: torch.Tensor, key_sq: torch.Tensor | None) -> torch.Tensor:
@@ -119,12 +123,11 @@ def top_matches(queries: torch.Tensor, keys: torch.Tensor, n_best: int,
     return ids_out, scores_out
 
 
-def _exact_shortlist(points: np.ndarray, centres: np.ndarray, ids: np.ndarray,
+def _exact_shortlist(points: np.ndarray, rows: np.ndarray, centres: np.ndarray, ids: np.ndarray,
                      approx_d2: np.ndarray, n_nearest: int) -> tuple[np.ndarray, np.ndarray]:
-    """Replace float64 matmul shortlists by ``cdist`` values, re-sorted by (distance, id).
-
-    A row whose shortlist might miss a tie (its last candidate is within rounding slack of its
-    n-th) is recomputed against every centre.
+    """Replace float64 matmul shortlists of ``points[rows]`` by ``cdist`` values, re-sorted by
+    (distance, id). A row whose shortlist might miss a tie (its last candidate is within
+    rounding slack of its n-th) is recomputed against every centre.
     """
     n_short = ids.shape[1]
     distances = np.empty(ids.shape, dtype=np.float64)
@@ -132,14 +135,19 @@ def _exact_shortlist(points: np.ndarray, centres: np.ndarray, ids: np.ndarray,
     bounds = np.flatnonzero(np.diff(ids.ravel()[order])) + 1
     for group in np.split(order, bounds):
         centre = ids.ravel()[group[0]]
-        rows = group // n_short
-        distances.ravel()[group] = cdist(points[rows], centres[centre:centre + 1])[:, 0]
+        distances.ravel()[group] = cdist(points[rows[group // n_short]],
+                                         centres[centre:centre + 1])[:, 0]
     if n_short < len(centres):
-        slack = _SHORTLIST_TOLERANCE * (np.einsum("ij,ij->i", points, points)
-                                        + np.einsum("ij,ij->i", centres, centres).max())
+        max_centre_sq = np.einsum("ij,ij->i", centres, centres).max()
+        slack = np.empty(len(rows))
+        step = rows_per_block(points.shape[1])
+        for start in range(0, len(rows), step):
+            block = points[rows[start:start + step]]
+            slack[start:start + step] = _SHORTLIST_TOLERANCE * (
+                np.einsum("ij,ij->i", block, block) + max_centre_sq)
         unsure = np.flatnonzero(approx_d2[:, -1] - approx_d2[:, n_nearest - 1] <= slack)
         if unsure.size:
-            full = cdist(points[unsure], centres)
+            full = cdist(points[rows[unsure]], centres)
             every = np.broadcast_to(np.arange(len(centres)), full.shape)
             pick = np.lexsort((every, full), axis=-1)[:, :n_short]
             ids[unsure] = pick

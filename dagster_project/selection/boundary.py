@@ -159,7 +159,7 @@ def _denoised_members(denoised: DenoisedPool) -> list[np.ndarray]:
 def _rivals(points: np.ndarray, items: np.ndarray, own: np.ndarray, core_ids: np.ndarray,
             n_rivals: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
     """For each item, its ``n_rivals`` nearest cores other than its own cluster's, nearest first."""
-    ids, distances = nearest_centres(points[items], points[core_ids], n_rivals + 1, exact)
+    ids, distances = nearest_centres(points, points[core_ids], n_rivals + 1, exact, rows=items)
     not_own = np.argsort(ids == own[:, None], axis=1, kind="stable")[:, :n_rivals]
     return np.take_along_axis(ids, not_own, axis=1), np.take_along_axis(distances, not_own, axis=1)
 

@@ -45,12 +45,17 @@ class FinetuneConfig:
 
     ``learning_rate`` is the peak rate actually used (no implicit batch scaling); the recipe's
     batch scaling lives in ``full_recipe``. The CPU defaults trade the recipe's 1000 epochs at
-    224 px for 30 epochs at 128 px with a peak rate that converges in ~200 updates.
+    224 px for 20 epochs at 128 px (~150 updates for 250 items, ~80 s on two idle cores), a
+    higher peak rate and milder crops. Measured once each with the packaged ImageNet weights on
+    250 Fashion-MNIST items (1,000 test images, about +-1.3 points): 20 epochs with crop scale
+    0.35-1 gave 79.6 % at lr 0.05 and 79.5 % at lr 0.02; the recipe's 0.08-1 crops gave 76.5 %
+    (lr 0.05, 20 epochs) and 78.5 % (lr 0.02, 30 epochs). On 256 digit images at 64 px, 10 epochs,
+    lr 0.05 reached 88 % where lr 0.02 (without drop-path) reached 65 %.
     """
 
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
-    learning_rate: float = 0.02
+    learning_rate: float = 0.05
     warmup_epochs: float = 2.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
@@ -60,7 +65,7 @@ class FinetuneConfig:
     clip_grad_norm: float | None = 2.0
     drop_path_rate: float = 0.1
     image_size: int = 128
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_scale: tuple[float, float] = (0.35, 1.0)
     seed: int = 0
     num_workers: int = 0
     amp: bool = True
@@ -110,6 +115,7 @@ class FinetuneConfig:
             min_lr=1e-5,
             drop_path_rate=0.1,
             image_size=224,
+            crop_scale=(0.08, 1.0),
         )
         return replace(recipe, **overrides)
 

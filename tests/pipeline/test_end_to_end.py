@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 import yaml
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.observe import observe
 from dagster._core.loader import LoadingContextForTest
 
 from dagster_project.cli import main as bilaf
@@ -89,7 +90,7 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
 
     defs = build_definitions(str(tiny_project))
     with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe sources"
-        dg.observe(PARAMS_SOURCES, instance=instance, resources=defs.resources)
+        observe(PARAMS_SOURCES, instance=instance, resources=defs.resources)
         assert _stale_stages(instance, tiny_project) == expected
 
     assert bilaf(["run", "--project", str(tiny_project)]) == 0

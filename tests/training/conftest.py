@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +11,25 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
+import torch
 from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DIGITS_SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """Run each test on one torch thread, restoring the count afterwards.
+
+    The models here are tiny, so one thread is as fast as two on an idle machine; on a busy one,
+    OpenMP threads spin-waiting for a descheduled sibling made a 5 s finetune take 40-60 s.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ def test_full_recipe_matches_the_paper() -> None:
     assert (recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr) == (5, 1e-6, 1e-5)
     assert (recipe.momentum, recipe.weight_decay, recipe.label_smoothing) == (0.9, 1e-4, 0.1)
     assert (recipe.clip_grad_norm, recipe.drop_path_rate) == (2.0, 0.1)
+    assert recipe.crop_scale == (0.08, 1.0)  # timm's RandomResizedCrop default
     # linear scaling with the global batch, and overrides
     assert FinetuneConfig.full_recipe(batch_size=128).learning_rate == pytest.approx(7.5e-4)
     assert FinetuneConfig.full_recipe(epochs=300).epochs == 300
@@ -176,7 +177,7 @@ def test_pretrained_lite0_finetunes_on_digits(digits_images) -> None:
         pytest.skip("dagster_project.features.backbones.create_classifier not available yet")
     train, test = digits_images.train, digits_images.test
     config = FinetuneConfig(
-        epochs=10, batch_size=32, learning_rate=0.02, warmup_epochs=1, image_size=64,
+        epochs=10, batch_size=32, learning_rate=0.05, warmup_epochs=1, image_size=64,
         crop_scale=(0.6, 1.0),
     )
     torch.manual_seed(0)  # the new head's initialisation
@@ -186,4 +187,4 @@ def test_pretrained_lite0_finetunes_on_digits(digits_images) -> None:
     assert all(math.isfinite(h.loss) for h in result.history)
     metrics = evaluate_finetuned(result.model, test.paths[:300], test.labels[:300],
                                  eval_transform(64, MEAN, STD), num_classes=10, progress=False)
-    assert metrics.accuracy > 0.5  # chance is 0.1
+    assert metrics.accuracy > 0.7  # chance is 0.1
