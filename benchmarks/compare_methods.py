@@ -4,6 +4,7 @@ features of the held-out test split (the paper's Table 10 learners).
 
     python benchmarks/compare_methods.py                       # full Fashion-MNIST (60k / 10k)
     python benchmarks/compare_methods.py --train-size 5000 --test-size 1000 --seeds 0   # quick
+    python benchmarks/compare_methods.py --embeddings artifacts/embeddings   # the pipeline's pool
 
 Prints a mean ± std table, writes it (markdown and CSV) and a plot under --out.
 """
@@ -48,17 +49,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--embeddings", type=Path, default=None,
+                        help="use these embeddings (e.g. the pipeline's artifacts/embeddings) instead of a new pool")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "compare")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     return parser.parse_args()
 
 
 def load_pool(args: argparse.Namespace):
-    tag = f"{args.source}-{args.train_size or 'all'}-{args.test_size or 'all'}"
-    data_dir = args.workdir / tag / "data"
-    prepare_pool(args.source, data_dir, train_size=args.train_size, test_size=args.test_size, seed=0)
-    out_dir = args.workdir / tag / f"embeddings-{args.image_size}"
-    embed_pool(data_dir, out_dir, image_size=args.image_size, cache_dir=args.workdir / "embedding_cache")
+    out_dir = args.embeddings
+    if out_dir is None:
+        tag = f"{args.source}-{args.train_size or 'all'}-{args.test_size or 'all'}"
+        data_dir = args.workdir / tag / "data"
+        prepare_pool(args.source, data_dir, train_size=args.train_size, test_size=args.test_size, seed=0)
+        out_dir = args.workdir / tag / f"embeddings-{args.image_size}"
+        embed_pool(data_dir, out_dir, image_size=args.image_size, cache_dir=args.workdir / "embedding_cache")
     embeddings = load_embeddings(out_dir)
     splits = np.asarray(embeddings.splits)
     features = np.asarray(embeddings.features, dtype=np.float32)

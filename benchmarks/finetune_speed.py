@@ -7,9 +7,13 @@ Prints three tables:
    (data loading and augmentation included), the number that decides whether ``make run`` fits;
 3. the frozen-feature learners on 5,000 x 1280-d train and 10,000 test features.
 
-Other processes on the machine slow every number down; rerun on an idle machine to compare.
+Other processes on the machine slow every number down, the more so when OpenMP threads spin-wait
+for a descheduled sibling: the header prints the load average and OMP_WAIT_POLICY (PASSIVE
+avoids the spinning).
 
-Pretrained weights are not needed for speed: the architecture is built with random weights.
+The throughput table uses random weights (speed does not depend on them); the end-to-end run
+uses the packaged ImageNet weights when the features package provides them, so its accuracy means
+something.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune_speed.py [--sizes 128 224] [--quick]
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +61,11 @@ def _timed(step, repeats: int) -> float:
 
 
 def throughput_table(sizes: list[int], batch_size: int, repeats: int) -> None:
-    print(f"## {ARCH} throughput, batch {batch_size}, {torch.get_num_threads()} torch threads")
+    print(
+        f"## {ARCH} throughput, batch {batch_size}, {torch.get_num_threads()} torch threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print("| input px | train img/s (fwd+bwd+step) | train ms/batch | eval img/s |")
     print("|---|---|---|---|")
     for size in sizes:

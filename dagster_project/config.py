@@ -95,10 +95,10 @@ class AnnotationParams:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneParams:
-    epochs: int = 8
+    epochs: int = 12
     image_size: int = 96
     batch_size: int = 32
-    lr: float = 0.01
+    lr: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:

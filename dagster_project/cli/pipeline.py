@@ -49,8 +49,10 @@ def _run(args: argparse.Namespace) -> int:
     from dagster_project.stages import source_location
 
     root = args.project.resolve()
-    os.environ.setdefault("DAGSTER_HOME", str(root / ".dagster_home"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     defs = build_definitions(str(root))
     params = defs.resources["project"].params()  # invalid parameters stop here, before any compute
     with dg.DagsterInstance.get() as instance:
@@ -61,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Observing params sections: {', '.join(plan.sections) or '(none)'}")
         print(f"Materializing: {', '.join(plan.stages) or '(none)'}")
         started = time.perf_counter()
-        result = defs.get_implicit_global_asset_job_def().execute_in_process(
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=plan.asset_keys, raise_on_error=False,
             tags={"bilaf/trigger": "cli"},
         )

@@ -585,23 +585,17 @@ class _ToNormalizedTensor:
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
-def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float], *,
-                    augment: bool = False) -> transforms.Compose:
-    """PIL image (any mode) -> normalised float tensor (3, image_size, image_size).
+def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+    """PIL image (any mode) -> normalised float tensor (3, image_size, image_size), for embedding.
 
-    Evaluation: bicubic resize to exactly ``image_size``², aspect ratio not kept, no crop.
-    ``augment=True`` (finetuning) uses a random resized crop (scale 0.8-1) and horizontal flip.
-    Grayscale is resized first and then replicated to RGB (same result, a third of the work).
+    Bicubic resize to exactly ``image_size``², aspect ratio not kept, no crop (finetuning has its
+    own augmenting transform in ``dagster_project.training``). Grayscale is resized first and then
+    replicated to RGB (same result, a third of the work).
     """
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
-    bicubic = transforms.InterpolationMode.BICUBIC
-    if augment:
-        steps = [transforms.RandomResizedCrop(image_size, scale=(0.8, 1.0), interpolation=bicubic),
-                 transforms.RandomHorizontalFlip()]
-    else:
-        steps = [transforms.Resize((image_size, image_size), interpolation=bicubic)]
-    return transforms.Compose([*steps, _ToRGB(), _ToNormalizedTensor(mean, std)])
+    resize = transforms.Resize((image_size, image_size), interpolation=transforms.InterpolationMode.BICUBIC)
+    return transforms.Compose([resize, _ToRGB(), _ToNormalizedTensor(mean, std)])
 
 
 class PoolDataset(torch.utils.data.Dataset):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dagster_project.training.data import ImageListDataset, Transform
-from dagster_project.training.finetune import resolve_device
+from dagster_project.features.backbones import resolve_device
 
 __all__ = [
     "ClassificationMetrics",

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dagster_project.features.backbones import resolve_device
 from dagster_project.training.data import ImageListDataset, train_transform
 
 __all__ = [
@@ -140,13 +141,6 @@ class FinetuneResult:
 
     model: nn.Module
     history: list[EpochStats]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, else CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def set_drop_path_rate(model: nn.Module, rate: float) -> int:

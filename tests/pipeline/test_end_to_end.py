@@ -3,6 +3,7 @@
 Tests run in file order and build on each other (one materialization of the graph is shared).
 """
 import copy
+import csv
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from dagster._core.loader import LoadingContextForTest
 from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.assets import PARAMS_SOURCES
+from dagster_project.defs.sensors import refresh_request
 from dagster_project.stages import STAGES
 
 from .conftest import BIN, TINY_PARAMS, run, write_params
@@ -58,9 +60,30 @@ def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project,
     assert len(selection) == 1 + TINY_PARAMS["boundary"]["budget"]
 
 
+def test_lineage_explains_a_selected_image(tiny_project, project_env, capsys):
+    import json
+
+    with open(tiny_project / "artifacts" / "boundary_set" / "selection.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    boundary = next(row for row in rows if row["role"] == "boundary")
+    assert bilaf(["lineage", boundary["id"], "--project", str(tiny_project)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (why,) = report["why"]
+    assert why["role"] == "boundary" and why["cluster"] == int(boundary["cluster"])
+    assert report["data_version"].endswith(".dir") and report["backbone"]["weights_sha256"]
+    assert report["parameters"]["boundary"] == TINY_PARAMS["boundary"]
+    with dg.DagsterInstance.get() as instance:
+        assert report["run"]["dagster_run_id"] == instance.get_runs(limit=1)[0].run_id
+    assert report["run"]["git_commit"]
+    assert bilaf(["lineage", "not-an-id", "--project", str(tiny_project)]) == 2
+    assert "is not in the current selection" in capsys.readouterr().err
+
+
 def test_second_run_with_nothing_changed_does_nothing(tiny_project, project_env, capsys):
     with dg.DagsterInstance.get() as instance:
         before = len(instance.get_runs())
+        assert isinstance(refresh_request(instance, build_definitions(str(tiny_project)).resources["project"]),
+                          dg.SkipReason)
     assert bilaf(["run", "--project", str(tiny_project)]) == 0
     assert "up to date" in capsys.readouterr().out
     with dg.DagsterInstance.get() as instance:
@@ -89,6 +112,10 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
     assert set(yaml.safe_load(dvc_changed)) == expected  # DVC sees the same stages as changed
 
     defs = build_definitions(str(tiny_project))
+    with dg.DagsterInstance.get() as instance:  # the sensor asks for exactly this run
+        request = refresh_request(instance, defs.resources["project"])
+        assert set(request.asset_selection) == {dg.AssetKey(["params", "boundary"])} | {
+            dg.AssetKey(name) for name in expected}
     with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe sources"
         observe(PARAMS_SOURCES, instance=instance, resources=defs.resources)
         assert _stale_stages(instance, tiny_project) == expected
