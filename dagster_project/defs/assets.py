@@ -55,6 +55,8 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
             tracked.log_metrics(outcome.metrics)
             for path in [*outcome.files, *outcome.plots]:
                 tracked.log_artifact(path)
+            if spec.name == "finetuned_model":
+                tracked.log_pytorch_model(project.paths.output(spec.name))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(output_hash),
             metadata=_metadata(project, spec, outcome, output_hash, tracked.run_id),

@@ -75,6 +75,12 @@ class DvcResource(dg.ConfigurableResource):
             self._run("push", "-q", target)
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def _md5_of(entry: Mapping[str, Any]) -> str:
     return str(entry.get("md5") or entry.get("hash") or "")
 
@@ -167,6 +173,23 @@ class AssetRunLogger:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_pytorch_model(self, model_dir: Path) -> None:
+        """Log a saved finetuned classifier with mlflow.pytorch (input example, explicit requirements)."""
+        import mlflow
+        import numpy as np
+        import torch
+
+        from dagster_project.training import load_finetuned
+
+        model, metadata = load_finetuned(model_dir)
+        example = np.zeros((1, 3, metadata.image_size, metadata.image_size), dtype=np.float32)
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={_version('timm')}",
+                        f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=requirements,
+                                     metadata={"classes": metadata.classes, "backbone": metadata.backbone})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

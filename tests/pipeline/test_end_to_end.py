@@ -164,6 +164,8 @@ def test_dvc_exp_run_with_a_set_parameter(tiny_project, project_env):
 
 def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny_project, project_env):
     import mlflow
+    import mlflow.pytorch
+    import torch
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bilaf")
@@ -179,6 +181,10 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
         assert boundary.tags.get(key), key
     assert boundary.params["boundary.budget"] == "40"
     assert boundary.metrics["selected"] == 40
+    mlflow.set_tracking_uri(client.tracking_uri)
+    logged = mlflow.pytorch.load_model(f"runs:/{assets['finetuned_model'].info.run_id}/model")
+    image_size = TINY_PARAMS["finetune"]["image_size"]
+    assert tuple(logged(torch.zeros(1, 3, image_size, image_size)).shape) == (1, 10)
 
 
 def _free_port() -> int:
