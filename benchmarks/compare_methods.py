@@ -91,11 +91,23 @@ def run_grid(args: argparse.Namespace, train_x, train_y, test_x, test_y) -> pd.D
                                                     num_classes=n_classes).accuracy * 100,
                        "knn": knn_probe(train_x[picked], train_y[picked], test_x, test_y,
                                         num_classes=n_classes).accuracy * 100}
+                shares = np.bincount(train_y[np.asarray(result.indices)], minlength=n_classes) / budget
+                row["min_class_share"], row["max_class_share"] = round(shares.min(), 4), round(shares.max(), 4)
                 if method == "bilaf":
                     row["n_cores"] = default_n_cores(budget)
+                    row["boundary_label_differs_from_core"] = round(_boundary_label_mismatch(result, train_y), 4)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return pd.DataFrame(rows)
+
+
+def _boundary_label_mismatch(result, labels: np.ndarray) -> float:
+    """Share of boundary picks whose ground-truth label differs from their cluster core's label:
+    high means the pseudo-class clusters do not line up with the classes."""
+    records = result.to_records()
+    core_label = {r["cluster"]: labels[r["index"]] for r in records if r["role"] == "core"}
+    boundary = [labels[r["index"]] != core_label[r["cluster"]] for r in records if r["role"] == "boundary"]
+    return float(np.mean(boundary)) if boundary else float("nan")
 
 
 def summarise(frame: pd.DataFrame, learner: str) -> pd.DataFrame:
