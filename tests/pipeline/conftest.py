@@ -2,6 +2,7 @@
 pipeline tests: git + DVC initialised, the repository's dvc.yaml, its own Dagster home."""
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,13 @@ def run(command: list[str], cwd: Path, env: dict | None = None, check: bool = Tr
         raise AssertionError(f"{' '.join(command)} failed ({completed.returncode}):\n"
                              f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
     return completed
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for servers the tests start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_params(root: Path, params: dict) -> None:

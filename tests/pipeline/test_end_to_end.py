@@ -5,7 +5,6 @@ Tests run in file order and build on each other (one materialization of the grap
 import copy
 import csv
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from dagster_project.defs.assets import PARAMS_SOURCES
 from dagster_project.defs.sensors import refresh_request
 from dagster_project.stages import STAGES
 
-from .conftest import BIN, TINY_PARAMS, run, write_params
+from .conftest import BIN, TINY_PARAMS, free_port, run, write_params
 
 ALL_STAGES = set(STAGES)
 
@@ -187,14 +186,8 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
     assert tuple(logged(torch.zeros(1, 3, image_size, image_size)).shape) == (1, 10)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_logging_to_a_real_mlflow_server(tiny_project, project_env, tmp_path):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",

@@ -1,7 +1,6 @@
 """The Dagster webserver serves every asset and check; it is stopped cleanly by PID."""
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -11,16 +10,10 @@ from dagster_project.defs.checks import ASSET_CHECKS
 from dagster_project.stages import STAGES
 from dagster_project.config import Params
 
-from .conftest import BIN
+from .conftest import BIN, free_port
 
 QUERY = """{ assetNodes { assetKey { path } isObservable
              assetChecksOrError { ... on AssetChecks { checks { name } } } } }"""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _restore_default_sigint() -> None:
@@ -29,7 +22,7 @@ def _restore_default_sigint() -> None:
 
 
 def test_webserver_serves_every_asset_and_check(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "BILAF_PROJECT_DIR": str(tmp_path)}
     server = subprocess.Popen(
         [str(BIN / "dagster-webserver"), "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
