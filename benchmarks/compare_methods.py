@@ -20,10 +20,9 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -111,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="start no new finetuning run after this many seconds of finetuning")
     parser.add_argument("--workers", type=int, default=0, help="image loader workers for finetuning")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "compare")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "full")
     parser.add_argument("--report", type=Path, default=None,
                         help="only redraw the tables and plot from this earlier compare_methods.csv")
     args = parser.parse_args(argv)
@@ -146,56 +145,49 @@ def load_pool(args: argparse.Namespace) -> Pool:
     return Pool(features[train], labels[train], features[test], labels[test], paths["train"], paths["test"])
 
 
-def select_and_probe(args: argparse.Namespace, pool: Pool, save: Callable[[list[dict]], None]
-                     ) -> tuple[list[dict], list[np.ndarray]]:
-    """Every (budget, method, seed) selection, with diagnostics of what it picked; each one's linear
-    probe and kNN run on ``args.jobs`` CPU threads while the next selection runs (the probes' heavy
-    work is BLAS, which releases the GIL). The CSV is saved as each probe finishes."""
+def select_all(args: argparse.Namespace, pool: Pool, save: Callable[[list[dict]], None]
+               ) -> tuple[list[dict], list[np.ndarray]]:
+    """Every (budget, method, seed) selection, with diagnostics of what it picked.
+
+    Nothing else runs meanwhile: the probes' BLAS thread limit is process-wide, and a selection
+    whose thread count changed half-way can end on other picks (float sums in another order)."""
     rows: list[dict] = []
     picks: list[np.ndarray] = []
-    lock = threading.Lock()
-
-    def record(row: dict, future: Future) -> None:
-        if future.exception() is None:
-            with lock:
-                row["linear_probe"], row["knn"] = future.result()
-                print(json.dumps({k: row[k] for k in ("method", "budget_pct", "seed", "linear_probe", "knn")}),
-                      flush=True)
+    for percent in args.budgets:
+        budget = int(len(pool.train_x) * percent / 100)
+        for label in args.methods:
+            method, variant = METHODS[label]
+            for seed in args.seeds:
+                started = time.perf_counter()
+                result = select(pool.train_x, budget, method=method, seed=seed, variant=variant)
+                seconds = time.perf_counter() - started
+                picked = np.unique(np.asarray(result.indices))
+                shares = np.bincount(pool.train_y[np.asarray(result.indices)], minlength=pool.num_classes) / budget
+                row = {"method": label, "budget_pct": percent, "budget": budget, "seed": seed,
+                       "pool_train": len(pool.train_x), "pool_test": len(pool.test_x),
+                       "device": args.device_name, "selected_unique": len(picked),
+                       "select_seconds": round(seconds, 2),
+                       "classes_covered": int(np.unique(pool.train_y[picked]).size),
+                       "min_class_share": round(shares.min(), 4), "max_class_share": round(shares.max(), 4)}
+                if method == "bilaf":
+                    row["n_cores"] = default_n_cores(budget)
+                    row["boundary_label_differs_from_core"] = round(_boundary_label_mismatch(result, pool.train_y), 4)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                picks.append(picked)
                 save(rows)
-
-    futures = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as executor:
-        for percent in args.budgets:
-            budget = int(len(pool.train_x) * percent / 100)
-            for label in args.methods:
-                method, variant = METHODS[label]
-                for seed in args.seeds:
-                    started = time.perf_counter()
-                    result = select(pool.train_x, budget, method=method, seed=seed, variant=variant)
-                    seconds = time.perf_counter() - started
-                    picked = np.unique(np.asarray(result.indices))
-                    shares = np.bincount(pool.train_y[np.asarray(result.indices)],
-                                         minlength=pool.num_classes) / budget
-                    row = {"method": label, "budget_pct": percent, "budget": budget, "seed": seed,
-                           "pool_train": len(pool.train_x), "pool_test": len(pool.test_x),
-                           "device": args.device_name, "selected_unique": len(picked),
-                           "select_seconds": round(seconds, 2),
-                           "classes_covered": int(np.unique(pool.train_y[picked]).size),
-                           "min_class_share": round(shares.min(), 4), "max_class_share": round(shares.max(), 4)}
-                    if method == "bilaf":
-                        row["n_cores"] = default_n_cores(budget)
-                        row["boundary_label_differs_from_core"] = round(
-                            _boundary_label_mismatch(result, pool.train_y), 4)
-                    print(json.dumps(row), flush=True)
-                    with lock:
-                        rows.append(row)
-                        picks.append(picked)
-                    future = executor.submit(_probe, pool, picked)
-                    future.add_done_callback(partial(record, row))
-                    futures.append(future)
-        for future in futures:
-            future.result()  # re-raise a failed probe here
     return rows, picks
+
+
+def probe_all(args: argparse.Namespace, pool: Pool, rows: list[dict], picks: list[np.ndarray],
+              save: Callable[[list[dict]], None]) -> None:
+    """Linear probe and kNN of every selection, ``args.jobs`` at a time on CPU threads (their heavy
+    work is BLAS, which releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=args.jobs) as executor:
+        for row, (linear, knn) in zip(rows, executor.map(partial(_probe, pool), picks)):
+            row["linear_probe"], row["knn"] = linear, knn
+            print(json.dumps({k: row[k] for k in ("method", "budget_pct", "seed", "linear_probe", "knn")}), flush=True)
+            save(rows)
 
 
 def _boundary_label_mismatch(result, labels: np.ndarray) -> float:
@@ -295,8 +287,10 @@ def write_report(frame: pd.DataFrame, out: Path) -> str:
     """Tables (markdown) and plot of a finished or partial grid; returns the markdown."""
     first = frame.iloc[0]
     seeds = sorted(frame["seed"].unique().tolist())
+    devices = ", ".join(f"{device} ({', '.join(group['method'].unique())})" if frame["device"].nunique() > 1
+                        else str(device) for device, group in frame.groupby("device", sort=False))
     report = [f"pool: {first['pool_train']} train / {first['pool_test']} test items, seeds {seeds}, "
-              f"on {first['device']}\n"]
+              f"on {devices}\n"]
     if "finetune" in frame and frame["finetune"].notna().any():
         report.append(f"finetuning: {first['finetune_recipe']}\n")
     for learner in LEARNERS:
@@ -323,8 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     def save(rows: list[dict]) -> None:
         pd.DataFrame(rows).to_csv(args.out / "compare_methods.csv", index=False)
 
-    rows, picks = select_and_probe(args, pool, save)
-    save(rows)
+    rows, picks = select_all(args, pool, save)
+    probe_all(args, pool, rows, picks, save)
     finetune_all(args, pool, rows, picks, save)
     save(rows)
     print(write_report(pd.DataFrame(rows), args.out))
