@@ -287,10 +287,12 @@ def write_report(frame: pd.DataFrame, out: Path) -> str:
     """Tables (markdown) and plot of a finished or partial grid; returns the markdown."""
     first = frame.iloc[0]
     seeds = sorted(frame["seed"].unique().tolist())
-    devices = ", ".join(f"{device} ({', '.join(group['method'].unique())})" if frame["device"].nunique() > 1
-                        else str(device) for device, group in frame.groupby("device", sort=False))
-    report = [f"pool: {first['pool_train']} train / {first['pool_test']} test items, seeds {seeds}, "
-              f"on {devices}\n"]
+    header = f"seeds {seeds}"
+    if "pool_train" in frame:  # older CSVs lack the pool and device columns
+        devices = ", ".join(f"{device} ({', '.join(group['method'].unique())})" if frame["device"].nunique() > 1
+                            else str(device) for device, group in frame.groupby("device", sort=False))
+        header = f"pool: {first['pool_train']} train / {first['pool_test']} test items, {header}, on {devices}"
+    report = [f"{header}\n"]
     if "finetune" in frame and frame["finetune"].notna().any():
         report.append(f"finetuning: {first['finetune_recipe']}\n")
     for learner in LEARNERS:
