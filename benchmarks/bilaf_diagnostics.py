@@ -83,11 +83,9 @@ def pseudo_class_purity(unit_pool: np.ndarray, labels: np.ndarray, cores: np.nda
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
     embeddings = load_embeddings(args.embeddings)
-    splits = np.asarray(embeddings.splits)
-    features = np.asarray(embeddings.features, dtype=np.float32)
-    labels = np.asarray(embeddings.labels)
-    train_x, train_y = features[splits == "train"], labels[splits == "train"]
-    test_x, test_y = features[splits == "test"], labels[splits == "test"]
+    train, test = embeddings.subset("train"), embeddings.subset("test")
+    train_x, train_y = train.features.astype(np.float32, copy=False), np.asarray(train.labels)
+    test_x, test_y = test.features.astype(np.float32, copy=False), np.asarray(test.labels)
     unit_pool = unit_rows(train_x)
     sample = np.random.default_rng(0).choice(len(train_x), min(POOL_SAMPLE, len(train_x)), replace=False)
     pool_border = float(on_class_border(unit_pool, train_y, sample, args.neighbours).mean())

@@ -131,18 +131,14 @@ def load_pool(args: argparse.Namespace) -> Pool:
         out_dir = args.workdir / tag / f"embeddings-{args.image_size}"
         embed_pool(data_dir, out_dir, image_size=args.image_size, cache_dir=args.workdir / "embedding_cache")
     embeddings = load_embeddings(out_dir)
-    splits = np.asarray(embeddings.splits)
-    features = np.asarray(embeddings.features, dtype=np.float32)
-    labels = np.asarray(embeddings.labels)
-    train, test = splits == "train", splits == "test"
-    paths: dict[str, list[str]] = {"train": None, "test": None}
+    train, test = embeddings.subset("train"), embeddings.subset("test")
+    train_paths = test_paths = None
     if data_dir is not None:
         manifest = read_manifest(data_dir)
         path_of = dict(zip(manifest["id"], manifest["path"]))
-        ids = np.asarray(embeddings.ids)
-        paths = {split: [str(Path(data_dir) / path_of[i]) for i in ids[mask]]
-                 for split, mask in (("train", train), ("test", test))}
-    return Pool(features[train], labels[train], features[test], labels[test], paths["train"], paths["test"])
+        train_paths, test_paths = ([str(Path(data_dir) / path_of[i]) for i in split.ids] for split in (train, test))
+    return Pool(train.features.astype(np.float32, copy=False), np.asarray(train.labels),
+                test.features.astype(np.float32, copy=False), np.asarray(test.labels), train_paths, test_paths)
 
 
 def select_all(args: argparse.Namespace, pool: Pool, save: Callable[[list[dict]], None]

@@ -44,11 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     embeddings = load_embeddings(args.embeddings)
-    splits = np.asarray(embeddings.splits)
-    features = np.asarray(embeddings.features, dtype=np.float32)
-    labels = np.asarray(embeddings.labels)
-    train_x, train_y = features[splits == "train"], labels[splits == "train"]
-    test_x, test_y = features[splits == "test"], labels[splits == "test"]
+    train, test = embeddings.subset("train"), embeddings.subset("test")
+    train_x, train_y = train.features.astype(np.float32, copy=False), np.asarray(train.labels)
+    test_x, test_y = test.features.astype(np.float32, copy=False), np.asarray(test.labels)
     budget = int(len(train_x) * args.budget_pct / 100)
     print(f"## {args.method}, B = {budget} of {len(train_x)}, seed {args.seed}, "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
