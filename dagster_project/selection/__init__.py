@@ -6,16 +6,18 @@ Stages (each usable on its own, e.g. as one Dagster asset each):
 switches.
 """
 from .activeft import ActiveFTParams
-from .boundary import allocate_budget, select_boundary
+from .boundary import allocate_budget, apportion, select_boundary
+from .classes import LABEL_AWARE, class_regions, select_class_boundary
 from .cores import CORE_METHODS, KMeansParams, select_cores
 from .denoise import IdcParams, denoise
-from .methods import default_n_cores, list_methods, register_method, select
-from .results import ClusterStats, CoreSelection, DenoisedPool, Pick, SelectionResult
+from .methods import MARGIN, default_n_cores, list_methods, register_method, select
+from .results import ClassRegions, ClassStats, ClusterStats, CoreSelection, DenoisedPool, Pick, SelectionResult
 from .variants import VARIANTS, Stage2Settings
 
 __all__ = [
-    "ActiveFTParams", "CORE_METHODS", "ClusterStats", "CoreSelection", "DenoisedPool",
-    "IdcParams", "KMeansParams", "Pick", "SelectionResult", "Stage2Settings", "VARIANTS",
-    "allocate_budget", "default_n_cores", "denoise", "list_methods", "register_method", "select",
-    "select_boundary", "select_cores",
+    "ActiveFTParams", "CORE_METHODS", "ClassRegions", "ClassStats", "ClusterStats", "CoreSelection",
+    "DenoisedPool", "IdcParams", "KMeansParams", "LABEL_AWARE", "MARGIN", "Pick", "SelectionResult",
+    "Stage2Settings", "VARIANTS", "allocate_budget", "apportion", "class_regions", "default_n_cores",
+    "denoise", "list_methods", "register_method", "select", "select_boundary", "select_class_boundary",
+    "select_cores",
 ]

@@ -243,19 +243,22 @@ def best_items(queries: torch.Tensor, items: torch.Tensor, n_best: int,
 
 
 def claim_items(queries: torch.Tensor, items: torch.Tensor, metric: str,
-                shortlist: int = 64) -> np.ndarray:
+                shortlist: int = 64, exclude: np.ndarray | None = None) -> np.ndarray:
     """Map each query, in query order, to its best item not claimed by an earlier query (§3.4).
 
     Uses a top-``shortlist`` per query; a query whose shortlist holds no free item that beats
     every item outside it (all taken, or a tie at the cut) falls back to a full ranking of the
     pool. Returns one distinct item per query ("dot": largest inner product, "euclidean": nearest).
+    Items marked in ``exclude`` (e.g. labeled or pending ones) are never claimed.
     """
-    if len(queries) > len(items):
+    taken = np.zeros(len(items), dtype=bool) if exclude is None else np.array(exclude, dtype=bool)
+    if len(queries) > len(items) - np.count_nonzero(taken):
         raise ValueError(f"cannot map {len(queries)} queries to distinct items of a pool of "
-                         f"{len(items)}")
+                         f"{len(items) - np.count_nonzero(taken)}")
+    if exclude is not None:  # excluded items may crowd a shortlist: a few more spare full rankings
+        shortlist += min(int(np.count_nonzero(taken)), 3 * shortlist)
     shortlists, scores, bounds = best_items(queries, items, shortlist, metric)
     key_sq = (items * items).sum(1) if metric == "euclidean" else None
-    taken = np.zeros(len(items), dtype=bool)
     claimed = np.empty(len(queries), dtype=np.int64)
     for query, candidates in enumerate(shortlists):
         free = np.flatnonzero(~taken[candidates])

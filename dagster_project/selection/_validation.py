@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -130,3 +131,82 @@ def _check_distinct_rows(matrix: np.ndarray) -> None:
         raise ValueError(f"features rows {first} and {second} are identical "
                          f"({len(duplicates)} duplicate rows in total); remove duplicate items "
                          "before selection")
+
+
+@dataclass(frozen=True, eq=False)
+class KnownItems:
+    """What earlier rounds left: a label per item (-1 = none) and the items sent but not labeled.
+
+    ``taken`` marks both: they are never picked again, and coverage methods treat them as fixed
+    anchors.
+    """
+
+    labels: np.ndarray
+    pending: np.ndarray
+    taken: np.ndarray
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return np.flatnonzero(self.labels >= 0)
+
+    @property
+    def anchors(self) -> np.ndarray:
+        """Labeled and pending items, ascending."""
+        return np.flatnonzero(self.taken)
+
+    @property
+    def n_free(self) -> int:
+        return int(len(self.taken) - np.count_nonzero(self.taken))
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The distinct labels present, ascending."""
+        return np.unique(self.labels[self.labels >= 0])
+
+
+def validate_known(labels: Any, pending: Any, n_items: int, budget: Any = None) -> KnownItems | None:
+    """Check ``labels`` (one int per item, -1 = unlabeled) and ``pending`` (item indices or a
+    boolean mask); None when neither says anything. ValueError naming the problem for a wrong
+    length or dtype, labels below -1, out-of-range or repeated pending indices, a pending item that
+    is also labeled, and a budget larger than the items left to pick from.
+    """
+    if labels is None and pending is None:
+        return None
+    if labels is None:
+        label_array = np.full(n_items, -1, dtype=np.int64)
+    else:
+        label_array = np.asarray(labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels)
+        if label_array.shape != (n_items,):
+            raise ValueError(f"labels must hold one entry per item ({n_items}); got shape {label_array.shape}")
+        if label_array.dtype == np.bool_ or not np.issubdtype(label_array.dtype, np.integer):
+            raise ValueError(f"labels must be integer class indices (-1 = unlabeled); got dtype {label_array.dtype}")
+        if label_array.size and label_array.min() < -1:
+            raise ValueError(f"labels must be class indices >= 0 or -1 (unlabeled); got {label_array.min()}")
+        label_array = label_array.astype(np.int64)
+    pending_mask = np.zeros(n_items, dtype=bool)
+    if pending is not None:
+        array = np.asarray(pending.detach().cpu().numpy() if isinstance(pending, torch.Tensor) else pending)
+        if array.dtype == np.bool_:
+            if array.shape != (n_items,):
+                raise ValueError(f"a pending mask must hold one entry per item ({n_items}); got shape {array.shape}")
+            pending_mask = array.copy()
+        elif array.size:
+            if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+                raise ValueError("pending must be a 1-D list of item indices or a boolean mask; "
+                                 f"got shape {array.shape}, dtype {array.dtype}")
+            if array.min() < 0 or array.max() >= n_items:
+                bad = array.min() if array.min() < 0 else array.max()
+                raise ValueError(f"pending contains index {bad} outside the pool [0, {n_items})")
+            if len(np.unique(array)) != len(array):
+                raise ValueError("pending contains an index more than once")
+            pending_mask[array] = True
+    both = np.flatnonzero(pending_mask & (label_array >= 0))
+    if both.size:
+        raise ValueError(f"item {both[0]} is both labeled and pending ({both.size} such items): "
+                         "a labeled item is no longer pending")
+    known = KnownItems(labels=label_array, pending=np.flatnonzero(pending_mask),
+                       taken=pending_mask | (label_array >= 0))
+    if budget is not None and _positive_int("budget", budget) > known.n_free:
+        raise ValueError(f"budget {budget} is larger than the {known.n_free} items neither labeled nor "
+                         f"pending ({len(known.labeled)} labeled, {len(known.pending)} pending)")
+    return known

@@ -36,10 +36,18 @@ def allocate_budget(budget: int, sizes: Any, rule: str = "largest_remainder") ->
     if not len(sizes) <= budget <= sizes.sum():
         raise ValueError(f"budget {budget} must lie between the number of clusters ({len(sizes)}) "
                          f"and the denoised pool size ({sizes.sum()})")
-    quotas = budget * sizes / sizes.sum()
-    shares = np.clip(np.floor(quotas).astype(np.int64), 1, sizes)
-    while (missing := budget - int(shares.sum())) != 0:
-        movable = np.flatnonzero(shares < sizes) if missing > 0 else np.flatnonzero(shares > 1)
+    return apportion(budget, sizes, lower=np.ones_like(sizes), upper=sizes)
+
+
+def apportion(total: int, weights: Any, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Integer shares of ``total`` proportional to ``weights``, each in [lower, upper]: floored
+    quotas, then the units left (or in excess) by largest (smallest) remainder, ties to the lower
+    position. The caller guarantees sum(lower) <= total <= sum(upper) and some positive weight."""
+    weights = np.asarray(weights, dtype=np.float64)
+    quotas = total * weights / weights.sum()
+    shares = np.clip(np.floor(quotas).astype(np.int64), lower, upper)
+    while (missing := total - int(shares.sum())) != 0:
+        movable = np.flatnonzero(shares < upper) if missing > 0 else np.flatnonzero(shares > lower)
         gap = quotas[movable] - shares[movable]
         priority = gap if missing > 0 else -gap
         chosen = movable[np.lexsort((movable, -priority))][:abs(missing)]

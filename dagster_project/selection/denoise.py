@@ -144,3 +144,26 @@ def _density(distances: ClusterDistances, candidates: np.ndarray, grown: np.ndar
         at_positions = distances.block(rows, np.arange(len(grown)))
         density[start:start + len(rows)] = np.take_along_axis(at_positions, ranks, axis=1).mean(1)
     return density
+
+
+def grow_from_seeds(distances: ClusterDistances, seeds: np.ndarray, params: IdcParams
+                    ) -> tuple[np.ndarray, int]:
+    """IDC started from several known members (a class region's labeled items) instead of one core.
+
+    The seeds are absorbed first; every ring then adds the s candidates of smallest density
+    distance (paper form) to everything absorbed so far, until the region is used up; the last
+    ``removal_ratio`` of the region are noise. Returns (absorption order, number kept).
+    """
+    n = distances.n
+    ring = max(1, int(n * params.ring_fraction))
+    absorbed = np.zeros(n, dtype=bool)
+    absorbed[seeds] = True
+    rings = [np.sort(seeds)]
+    for _ in tqdm(range(-(-(n - len(seeds)) // ring)), desc="IDC rings", disable=None, leave=False):
+        candidates = np.flatnonzero(~absorbed)
+        density = _density(distances, candidates, np.concatenate(rings), params.n_neighbors, "paper")
+        new = candidates[np.argsort(density, kind="stable")[:ring]]
+        absorbed[new] = True
+        rings.append(new)
+    return np.concatenate(rings), max(len(seeds), n - int(n * params.removal_ratio))
+

@@ -123,13 +123,35 @@ class DenoisedPool:
 
 
 @dataclass(frozen=True)
+class ClassStats:
+    """One class region of a label-aware round: the class, its size before/after denoising, how
+    many of its items were labeled already, and its budget share."""
+
+    class_id: int
+    size: int
+    denoised_size: int
+    labeled: int
+    budget: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class_id": self.class_id, "size": self.size, "denoised_size": self.denoised_size,
+                "labeled": self.labeled, "budget": self.budget}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassStats:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class Pick:
     """Provenance of one selected item.
 
     ``role`` is "core" or "boundary" for BiLAF and the method name for the one-stage baselines.
-    ``boundary_score`` (penalised, as ranked), ``rival_center`` (item index of the rival core) and
-    ``penalty_factor`` (delta ** t of that rival when the item was picked) exist for boundary picks
-    only; ``cluster`` for BiLAF picks only.
+    ``boundary_score`` (penalised, as ranked) and ``penalty_factor`` (delta ** t of the rival when
+    the item was picked) exist for boundary picks only. One-shot BiLAF boundary picks name their
+    ``cluster`` and ``rival_center`` (item index of the rival core); label-aware boundary picks
+    name their ``predicted_class`` and ``rival_class`` instead. Margin picks carry their
+    ``margin`` (top-1 minus top-2 probability) and the two classes.
     """
 
     rank: int
@@ -139,11 +161,12 @@ class Pick:
     boundary_score: float | None = None
     rival_center: int | None = None
     penalty_factor: float | None = None
+    predicted_class: int | None = None
+    rival_class: int | None = None
+    margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "index": self.index, "role": self.role, "cluster": self.cluster,
-                "boundary_score": self.boundary_score, "rival_center": self.rival_center,
-                "penalty_factor": self.penalty_factor}
+        return {field: getattr(self, field) for field in RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Pick:
@@ -151,7 +174,7 @@ class Pick:
 
 
 RECORD_FIELDS = ("rank", "index", "role", "cluster", "boundary_score", "rival_center",
-                 "penalty_factor")
+                 "penalty_factor", "predicted_class", "rival_class", "margin")
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,11 +187,13 @@ class SelectionResult:
     method: str
     variant: str
     params: dict[str, Any]
+    classes: tuple[ClassStats, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indices", _frozen_array(self.indices, np.int64))
         object.__setattr__(self, "picks", tuple(self.picks))
         object.__setattr__(self, "clusters", tuple(self.clusters))
+        object.__setattr__(self, "classes", tuple(self.classes))
         if len(self.picks) != len(self.indices):
             raise ValueError(f"{len(self.picks)} picks for {len(self.indices)} indices")
 
@@ -186,14 +211,71 @@ class SelectionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"indices": self.indices.tolist(), "picks": self.to_records(),
-                "clusters": [stats.to_dict() for stats in self.clusters], "method": self.method,
+                "clusters": [stats.to_dict() for stats in self.clusters],
+                "classes": [stats.to_dict() for stats in self.classes], "method": self.method,
                 "variant": self.variant, "params": self.params}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SelectionResult:
         return cls(indices=data["indices"], picks=tuple(Pick.from_dict(p) for p in data["picks"]),
                    clusters=tuple(ClusterStats.from_dict(c) for c in data["clusters"]),
+                   classes=tuple(ClassStats.from_dict(c) for c in data.get("classes", ())),
                    method=data["method"], variant=data["variant"], params=data["params"])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SelectionResult) and self.to_dict() == other.to_dict()
+
+
+@dataclass(frozen=True, eq=False)
+class ClassRegions:
+    """Stage 2a of a label-aware round: a class for every item and the items IDC kept per class.
+
+    ``labels`` are the annotators' (-1 = unlabeled); ``assignment`` is the label where there is
+    one and the linear probe's prediction elsewhere. IDC grows each class region outward from
+    its labeled items; ``absorption_rank`` is the order of absorption inside the region (the
+    labeled items first) and the last absorbed are dropped as noise (``kept`` False).
+    ``pending`` and ``cores`` (the round's new coverage picks) are never boundary picks.
+    """
+
+    labels: np.ndarray
+    pending: np.ndarray
+    cores: np.ndarray
+    assignment: np.ndarray
+    kept: np.ndarray
+    absorption_rank: np.ndarray
+    params: dict[str, Any]
+    classes: tuple[ClassStats, ...]
+
+    def __post_init__(self) -> None:
+        for name, dtype in (("labels", np.int64), ("pending", np.int64), ("cores", np.int64),
+                            ("assignment", np.int64), ("kept", bool), ("absorption_rank", np.int64)):
+            object.__setattr__(self, name, _frozen_array(getattr(self, name), dtype))
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.assignment)
+
+    @property
+    def taken(self) -> np.ndarray:
+        """Items that can never be a boundary pick: labeled, pending, or this round's cores."""
+        mask = self.labels >= 0
+        mask[self.pending] = True
+        mask[self.cores] = True
+        return mask
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels.tolist(), "pending": self.pending.tolist(),
+                "cores": self.cores.tolist(), "assignment": self.assignment.tolist(),
+                "kept": self.kept.tolist(), "absorption_rank": self.absorption_rank.tolist(),
+                "params": self.params, "classes": [stats.to_dict() for stats in self.classes]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassRegions:
+        return cls(labels=data["labels"], pending=data["pending"], cores=data["cores"],
+                   assignment=data["assignment"], kept=data["kept"],
+                   absorption_rank=data["absorption_rank"], params=data["params"],
+                   classes=tuple(ClassStats.from_dict(c) for c in data["classes"]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClassRegions) and self.to_dict() == other.to_dict()
