@@ -70,5 +70,11 @@ mlflow-ui: env
 	@echo "MLflow UI: http://127.0.0.1:5000"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root mlflow/artifacts
 
+# Label Studio (the annotators' tool) in its own venv, for its round-trip test
+# (tests/annotation/run_label_studio_test.sh) and for annotation teams running it locally.
+label-studio-env:
+	test -x .venv-labelstudio/bin/label-studio || \
+	  { $(PYTHON) -m venv .venv-labelstudio && .venv-labelstudio/bin/pip install label-studio==1.23.2; }
+
 clean-env:
 	rm -rf $(VENV) $(DVC_VENV)

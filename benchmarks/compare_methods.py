@@ -42,9 +42,9 @@ from dagster_project.features import (  # noqa: E402
     embed_pool,
     input_normalisation,
     load_embeddings,
-    prepare_pool,
     read_manifest,
     resolve_device,
+    sync_pool,
 )
 from dagster_project.selection import default_n_cores, select  # noqa: E402
 from dagster_project.training import (  # noqa: E402
@@ -126,8 +126,8 @@ def load_pool(args: argparse.Namespace) -> Pool:
     if out_dir is None:
         tag = f"{args.source}-{args.train_size or 'all'}-{args.test_size or 'all'}"
         data_dir = args.workdir / tag / "data"
-        prepare_pool(args.source, data_dir, root=args.source_root, train_size=args.train_size,
-                     test_size=args.test_size, seed=0)
+        sync_pool(data_dir, args.source, root=args.source_root, train_size=args.train_size,
+                  test_size=args.test_size, seed=0)
         out_dir = args.workdir / tag / f"embeddings-{args.image_size}"
         embed_pool(data_dir, out_dir, image_size=args.image_size, cache_dir=args.workdir / "embedding_cache")
     embeddings = load_embeddings(out_dir)

@@ -73,14 +73,14 @@ def main() -> None:
                                   args.image_size, args.batch_size, args.measure["workers"])))
         return
 
-    from dagster_project.features import prepare_pool
+    from dagster_project.features import sync_pool
 
     rows = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bilaf-bench-") as tmp:
         for size in args.sizes:
             data_dir = Path(tmp) / f"pool-{size}"
-            prepare_pool("fashion-mnist", data_dir, train_size=size, test_size=0, seed=0)
+            sync_pool(data_dir, "fashion-mnist", train_size=size, test_size=0, seed=0)
             for workers in args.workers:
                 runs = []
                 for repeat in range(args.repeats):

@@ -89,8 +89,22 @@ class BoundaryParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class LaterRoundsParams:
+    """Rounds that can learn from labels of 2+ classes (round 1, which has none, is one-shot)."""
+
+    method: Literal["bilaf", "activeft", "kmeans", "kcenter", "random", "margin"] = "bilaf"
+    n_cores: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.n_cores >= 0, "later_rounds.n_cores", f"must be >= 0, got {self.n_cores}")
+        _require(self.n_cores == 0 or self.method == "bilaf", "later_rounds.n_cores",
+                 f"applies to method bilaf only (coverage cores beside its class-boundary picks); "
+                 f"method {self.method} picks all of a round itself, so set it to 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class AnnotationParams:
-    labels_csv: str | None = None
+    labels: Literal["ground-truth", "imported"] = "ground-truth"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +137,7 @@ class Params:
     core: CoreParams = CoreParams()
     denoise: DenoiseParams = DenoiseParams()
     boundary: BoundaryParams = BoundaryParams()
+    later_rounds: LaterRoundsParams = LaterRoundsParams()
     annotation: AnnotationParams = AnnotationParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluation: EvaluationParams = EvaluationParams()
@@ -130,6 +145,8 @@ class Params:
     def __post_init__(self) -> None:
         _require(self.core.n_cores <= self.boundary.budget, "core.n_cores",
                  f"({self.core.n_cores}) must not exceed boundary.budget ({self.boundary.budget})")
+        _require(self.later_rounds.n_cores <= self.boundary.budget, "later_rounds.n_cores",
+                 f"({self.later_rounds.n_cores}) must not exceed boundary.budget ({self.boundary.budget})")
         if self.data.train_size is not None:
             _require(self.boundary.budget <= self.data.train_size, "boundary.budget",
                      f"({self.boundary.budget}) must not exceed data.train_size ({self.data.train_size})")

@@ -12,7 +12,7 @@ import dagster as dg
 # Dagster; the versions are pinned, so the warning only adds noise to every command.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from dagster_project.defs.assets import PARAMS_SOURCES, STAGE_ASSETS
+from dagster_project.defs.assets import DATA_SOURCES, PARAMS_SOURCES, STAGE_ASSETS
 from dagster_project.defs.checks import ASSET_CHECKS
 from dagster_project.defs.resources import DvcResource, MlflowResource, ProjectResource, default_project_dir
 from dagster_project.defs.schedules import nightly_refresh
@@ -22,7 +22,7 @@ from dagster_project.defs.sensors import refresh_sensor
 def build_definitions(project_dir: str | None = None) -> dg.Definitions:
     root = project_dir or default_project_dir()
     return dg.Definitions(
-        assets=[*PARAMS_SOURCES, *STAGE_ASSETS],
+        assets=[*PARAMS_SOURCES, *DATA_SOURCES, *STAGE_ASSETS],
         asset_checks=ASSET_CHECKS,
         sensors=[refresh_sensor],
         schedules=[nightly_refresh],

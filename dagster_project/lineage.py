@@ -8,23 +8,27 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from dagster_project import artifacts
+from dagster_project import artifacts, rounds
 from dagster_project.stages import ProjectPaths
 
 
 def explain_selection(item_id: str, root: Path, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Everything recorded about why `item_id` is in the current selection.
+    """Everything recorded about why `item_id` was picked: in which rounds (frozen ones from the
+    rounds ledger, the open one from the current selection), from which data, backbone,
+    parameters, code and run.
 
-    Raises ValueError when the id is not in the current selection (naming how many items it has).
+    Raises ValueError when no round picked the id (naming how many rounds there are).
     """
     paths = ProjectPaths(Path(root).resolve())
     selection_file = paths.output("boundary_set") / "selection.csv"
     if not selection_file.is_file():
         raise ValueError(f"no selection yet ({selection_file} is missing): run the pipeline first")
-    selection = pd.read_csv(selection_file, dtype={"id": str}, keep_default_na=False)
-    picks = selection[selection["id"] == item_id]
+    selections = [selection_file, *sorted((paths.root / rounds.ROUNDS_DIR).glob("round-*/selection.csv"))]
+    picks = pd.concat([pd.read_csv(file, dtype={"id": str}, keep_default_na=False) for file in selections])
+    picks = picks[picks["id"] == item_id].drop_duplicates().sort_values("round")
     if picks.empty:
-        raise ValueError(f"{item_id} is not in the current selection of {len(selection)} items ({selection_file})")
+        raise ValueError(f"{item_id} was not picked in any of the {len(selections)} selections so far "
+                         f"(the open round's {selection_file} and the frozen rounds in {rounds.ROUNDS_DIR}/)")
     lock = yaml.safe_load((paths.root / "dvc.lock").read_text())["stages"]
     boundary_hash = lock["boundary_set"]["outs"][0]["md5"]
     embeddings_meta = artifacts.read_json(paths.output("embeddings") / "meta.json")

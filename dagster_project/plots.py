@@ -34,9 +34,10 @@ def _unit(block: np.ndarray) -> np.ndarray:
     return block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
-def plot_selection_projection(features: np.ndarray, cores: Any, kept: np.ndarray, selection: Any,
+def plot_selection_projection(features: np.ndarray, cores: Any, kept: np.ndarray | None, selection: Any,
                               out: Path) -> Path:
-    """Write a PNG of the pool (PCA of normalised features) marking removed items, cores and picks."""
+    """Write a PNG of the pool (PCA of normalised features) marking removed items (where the round
+    denoised: ``kept`` False), cores and the other picks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,13 +47,14 @@ def plot_selection_projection(features: np.ndarray, cores: Any, kept: np.ndarray
     cores = np.asarray(cores, dtype=int)
     picked = np.asarray(selection.indices, dtype=int)
     boundary = np.setdiff1d(picked, cores)
-    removed = np.flatnonzero(~np.asarray(kept, dtype=bool))
+    role = next((pick.role for pick in selection.picks if pick.role != "core"), "boundary")
+    removed = np.empty(0, dtype=int) if kept is None else np.flatnonzero(~np.asarray(kept, dtype=bool))
     figure, axis = plt.subplots(figsize=(7, 6), dpi=110)
     axis.scatter(points[:, 0], points[:, 1], s=2, c="#c8c8c8", label=f"pool ({len(points)})", rasterized=True)
     axis.scatter(points[removed, 0], points[removed, 1], s=6, c="#e07070", marker="x", linewidths=0.5,
                  label=f"removed by denoising ({len(removed)})")
     axis.scatter(points[boundary, 0], points[boundary, 1], s=18, c="#f28e2b", marker="^", edgecolors="k",
-                 linewidths=0.3, label=f"boundary picks ({len(boundary)})")
+                 linewidths=0.3, label=f"{role} picks ({len(boundary)})")
     axis.scatter(points[cores, 0], points[cores, 1], s=80, c="#1f4e9c", marker="*", edgecolors="w",
                  linewidths=0.5, label=f"cores ({len(cores)})")
     axis.set(title="Selection on the pool (PCA of L2-normalised features)", xlabel="PC 1", ylabel="PC 2")

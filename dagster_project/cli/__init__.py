@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # sub-command name -> module under dagster_project.cli defining `register(subparsers)`.
-_COMMAND_MODULES = ("data", "embed", "select", "pipeline")
+_COMMAND_MODULES = ("data", "embed", "select", "pipeline", "labels")
 
 
 def build_parser() -> argparse.ArgumentParser:

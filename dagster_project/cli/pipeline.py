@@ -1,12 +1,12 @@
-"""`bilaf stage NAME` (one stage, as DVC runs it), `bilaf run` (observe, then materialize what changed)
-and `bilaf lineage ID` (why an image was selected)."""
+"""`bilaf stage NAME` (one stage, as DVC runs it), `bilaf run` (observe, then materialize what
+changed), `bilaf rounds` (every round so far) and `bilaf lineage ID` (why an image was selected)."""
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
+from dagster_project.lock import project_lock
 from dagster_project.stages import STAGES, run_stage
 
 
@@ -16,9 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stage.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     stage.set_defaults(handler=_stage)
 
-    run = subparsers.add_parser("run", help="materialize, through Dagster, every stage that is missing or stale")
+    run = subparsers.add_parser("run", help="materialize, through Dagster, every stage that is missing or stale "
+                                            "(a new annotation round when new images or labels arrived)")
     run.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     run.set_defaults(handler=_run)
+
+    listing = subparsers.add_parser("rounds", help="every annotation round so far: batch, labeled, pending")
+    listing.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
+    listing.set_defaults(handler=_rounds)
 
     lineage = subparsers.add_parser("lineage", help="why an image was selected: data, backbone, params, code, run")
     lineage.add_argument("id", help="the item id (content hash) as in artifacts/boundary_set/selection.csv")
@@ -27,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    outcome = run_stage(args.name, args.project)
+    with project_lock(args.project.resolve(), f"bilaf stage {args.name}"):
+        outcome = run_stage(args.name, args.project)
     print(f"{args.name}: " + ", ".join(f"{key}={value:g}" for key, value in outcome.metrics.items()))
     return 0
 
@@ -41,36 +47,93 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rounds(args: argparse.Namespace) -> int:
+    from dagster_project.rounds import Ledger, issued_batch
+    from dagster_project.stages import ProjectPaths, RoundKnowledge
+
+    paths = ProjectPaths(args.project.resolve())
+    ledger = Ledger.load(paths.root)
+    for entry in ledger.frozen:
+        print(f"round {entry['round']}: frozen, {entry['items']} items sent "
+              f"(pool {entry['inputs']['pool_version']}, labels {entry['inputs']['labels_version']})")
+    issued = issued_batch(paths.root)
+    state = paths.output("round") / "open.json"
+    if state.is_file():
+        known = RoundKnowledge.load(paths)
+        batch = "its batch is issued" if issued and int(issued["round"]) == known.round else "no batch yet"
+        print(f"round {known.round}: open, {batch}; {len(known.labeled)} items labeled and "
+              f"{len(known.pending)} pending from earlier rounds")
+    else:
+        print("no round yet: run the pipeline (`bilaf run`)")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from dagster_project.definitions import build_definitions
-    from dagster_project.defs.planning import plan_refresh, source_changed
-    from dagster_project.stages import source_location
+    from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
 
     root = args.project.resolve()
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / ".dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    project_dagster_home(root)
     defs = build_definitions(str(root))
-    params = defs.resources["project"].params()  # invalid parameters stop here, before any compute
-    with dg.DagsterInstance.get() as instance:
-        plan = plan_refresh(instance, params, data_changed=source_changed(instance, source_location(params.data)))
+    project = defs.resources["project"]
+    params = project.params()  # invalid parameters stop here, before any compute
+    with project_lock(root, "bilaf run"), dg.DagsterInstance.get() as instance:
+        running = refresh_in_flight(instance)
+        if running is not None:
+            raise ValueError(f"Dagster run {running.dagster_run.run_id} of this project is "
+                             f"{running.dagster_run.status.value}: wait for it (Dagster UI: `make ui`)")
+        plan = plan_refresh(instance, project.paths, params)
         if not plan:
-            print("Everything is up to date: params.yaml and the data source are unchanged.")
+            print("Everything is up to date: params.yaml, the pool, the labels and the code are unchanged.")
             return 0
-        print(f"Observing params sections: {', '.join(plan.sections) or '(none)'}")
-        print(f"Materializing: {', '.join(plan.stages) or '(none)'}")
+        round_number = expected_round(project.paths, plan)
+        print(f"Round {round_number}. Observing: {', '.join(k.to_user_string() for k in plan.observe) or '(none)'}")
+        for stage in plan.stages:
+            print(f"  {stage}: {plan.reasons[stage]}")
         started = time.perf_counter()
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=plan.asset_keys, raise_on_error=False,
-            tags={"bilaf/trigger": "cli"},
+            tags={"bilaf/trigger": "cli", "bilaf/round": str(round_number)},
         )
         elapsed = time.perf_counter() - started
     if not result.success:
-        failures = [event.message for event in result.all_events if event.is_failure]
-        print(f"Run {result.run_id} failed after {elapsed:.0f} s:\n" + "\n".join(failures[-3:]))
+        print(f"Run {result.run_id} failed after {elapsed:.0f} s:\n" + "\n".join(_failures(result)))
         return 1
-    print(f"Run {result.run_id} succeeded in {elapsed:.0f} s. Dagster UI: `make ui`; MLflow: `make mlflow-ui`.")
+    print(f"Run {result.run_id} succeeded in {elapsed:.0f} s. " + _summary(project.paths)
+          + " Dagster UI: `make ui`; MLflow: `make mlflow-ui`.")
     return 0
+
+
+def _summary(paths) -> str:
+    """One line on the round the run left: batch, labels, model."""
+    from dagster_project import artifacts
+    from dagster_project.stages import RoundKnowledge
+
+    known = RoundKnowledge.load(paths)
+    parts = [f"Round {known.round}: {len(known.labeled)} labeled, {len(known.pending)} pending."]
+    metrics = paths.output("evaluation") / "metrics.json"
+    model = artifacts.read_json(paths.output("finetuned_model") / "round.json")
+    if not model.get("trained"):
+        parts.append(f"No model yet: waiting for {model.get('waiting_for')}.")
+    elif metrics.is_file():
+        scores = artifacts.read_json(metrics)
+        parts.append(f"Test top-1: finetuned {scores['finetuned']['top1']:.3f}, linear probe "
+                     f"{scores['linear_probe']['top1']:.3f}, kNN {scores['knn']['top1']:.3f}.")
+    return " ".join(parts)
+
+
+def _failures(result) -> list[str]:
+    """Each failed step with the error that stopped it (the innermost cause: what the user did)."""
+    lines = []
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        reason = error.message.strip() if error is not None else event.message
+        lines.append(f"  {event.step_key}: {reason}")
+    return lines or [event.message for event in result.all_events if event.is_failure][-3:]
+

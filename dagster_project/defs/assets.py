@@ -1,9 +1,14 @@
-"""Assets: one observable source per params.yaml section, one asset per pipeline stage.
+"""Assets: observable sources (each params.yaml section, the pool, the labels) and one asset per
+pipeline stage.
 
 Dagster ignores `Config` values in staleness (dagster issue 13826), so parameters are observable
-source assets whose data version is the hash of their section of params.yaml. A stage depends on
-the sections it reads; changing `boundary.penalty` therefore makes `boundary_set` and what follows
-stale, and nothing upstream. Each stage's data version is the DVC hash of its output.
+source assets whose data version is the hash of their section of params.yaml. The pool and the
+labels are observable sources too, versioned by their content: observing the pool brings data/ up
+to the configured source (it only ever adds items), observing the labels re-validates labels/ as
+it is on disk, so an edit in place is seen. Each stage asset declares its code version (a hash of
+the code it runs) and depends on its sources and on every params section of its lineage, so a
+changed section, source or code makes exactly the stages after it stale. Its data version is the
+DVC hash of its output.
 """
 
 import base64
@@ -14,13 +19,25 @@ import dagster as dg
 
 from dagster_project.config import Params
 from dagster_project.defs.resources import DvcResource, MlflowResource, ProjectResource
-from dagster_project.stages import STAGES, StageOutcome, StageSpec, lineage_params, run_stage
+from dagster_project.stages import (SOURCE_PATHS, STAGES, StageOutcome, StageSpec, imported_labels, labels_version,
+                                    lineage_params, run_stage, sync_configured_pool)
 
 PARAMS_GROUP = "parameters"
+SOURCES_GROUP = "sources"
+# Every stage writes into the one project folder: one step at a time across all runs
+# (the instance's concurrency pool limit, see dagster_project.instance).
+WRITER_POOL = "bilaf_project"
+SOURCE_FINGERPRINT = "source_fingerprint"
+POOL_KEY = dg.AssetKey("pool")
+LABELS_KEY = dg.AssetKey("labels")
 
 
 def params_key(section: str) -> dg.AssetKey:
     return dg.AssetKey(["params", section])
+
+
+def source_key(source: str) -> dg.AssetKey:
+    return {"pool": POOL_KEY, "labels": LABELS_KEY}[source]
 
 
 def _params_source(section: str) -> dg.SourceAsset:
@@ -35,27 +52,74 @@ def _params_source(section: str) -> dg.SourceAsset:
     return _observe
 
 
+@dg.observable_source_asset(key=POOL_KEY, group_name=SOURCES_GROUP,
+                            description="The image pool (data/): the configured source synced in, plus every "
+                                        "folder `bilaf ingest` added. Only grows; versioned by content.")
+def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource) -> dg.ObserveResult:
+    from dagster_project.defs.planning import configured_source_fingerprint
+
+    params = project.params()
+    report = sync_configured_pool(project.paths, params)
+    dvc_hash = dvc.track_source(SOURCE_PATHS["pool"])
+    if report.unreadable:
+        context.log.warning(f"{len(report.unreadable)} unreadable file(s) skipped, e.g. "
+                            + "; ".join(f"{u['origin']}: {u['reason']}" for u in report.unreadable[:3]))
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(report.version),
+        metadata={"items": dg.MetadataValue.int(sum(report.items.values())),
+                  **{f"{split}_items": dg.MetadataValue.int(count) for split, count in report.items.items()},
+                  "added": dg.MetadataValue.int(report.num_added),
+                  "duplicates": dg.MetadataValue.int(len(report.duplicates)),
+                  "unreadable": dg.MetadataValue.int(len(report.unreadable)),
+                  "ignored": dg.MetadataValue.int(len(report.ignored)),
+                  "dvc_md5": dg.MetadataValue.text(dvc_hash),
+                  SOURCE_FINGERPRINT: dg.MetadataValue.text(configured_source_fingerprint(params.data))})
+
+
+@dg.observable_source_asset(key=LABELS_KEY, group_name=SOURCES_GROUP,
+                            description="The annotators' labels (labels/, one file per round plus the merged "
+                                        "view), written by `bilaf labels import`; versioned by content.")
+def labels_source(project: ProjectResource, dvc: DvcResource) -> dg.ObserveResult:
+    from dagster_project.annotation import ensure_store
+    from dagster_project.features import read_manifest
+
+    params = project.params()
+    ensure_store(project.paths.labels)
+    if params.annotation.labels == "imported" and (project.paths.data / "manifest.csv").is_file():
+        imported_labels(project.paths, read_manifest(project.paths.data))  # a broken edit fails here, named
+    version = labels_version(project.paths, params)
+    dvc_hash = dvc.track_source(SOURCE_PATHS["labels"])
+    return dg.ObserveResult(data_version=dg.DataVersion(version),
+                            metadata={"mode": dg.MetadataValue.text(params.annotation.labels),
+                                      "dvc_md5": dg.MetadataValue.text(dvc_hash)})
+
+
 def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
-    deps = [dg.AssetKey(name) for name in spec.upstream] + [params_key(section) for section in lineage_params(spec.name)]
+    deps = ([dg.AssetKey(name) for name in spec.upstream] + [source_key(source) for source in spec.sources]
+            + [params_key(section) for section in lineage_params(spec.name)])
 
     @dg.asset(name=spec.name, deps=deps, description=spec.description, kinds={"python", "dvc", "mlflow"},
-              group_name="training" if spec.name in ("finetuned_model", "evaluation") else "selection")
+              group_name=spec.group, code_version=spec.code_version(), pool=WRITER_POOL)
     def _materialize(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
         params = project.params()
         tags = _lineage_tags(project, params, spec)
         with mlflow.asset_run(context, spec.name, tags) as tracked:
             outcome = run_stage(spec.name, project.paths.root, params)
-            output_hash = dvc.track_pool() if spec.name == "pool" else dvc.commit_stage(spec.name)
-            input_hashes = {} if spec.name == "pool" else dvc.dependency_hashes(spec.name)
-            tracked.set_tags({"dvc_md5": output_hash,
-                              **{f"dvc_input:{path}": md5 for path, md5 in input_hashes.items()}})
+            output_hash = dvc.commit_stage(spec.name)
+            input_hashes = dvc.dependency_hashes(spec.name)
+            run_tags = {"dvc_md5": output_hash, "code_version": spec.code_version(),
+                        **{f"dvc_input:{path}": md5 for path, md5 in input_hashes.items()
+                           if not path.startswith("dagster_project")}}
+            if "round" in outcome.metadata:
+                run_tags["round"] = str(outcome.metadata["round"])
+            tracked.set_tags(run_tags)
             for section in lineage_params(spec.name):
                 tracked.log_params(params.section(section), prefix=f"{section}.")
             tracked.log_metrics(outcome.metrics)
             for path in [*outcome.files, *outcome.plots]:
                 tracked.log_artifact(path)
-            if spec.name == "finetuned_model":
+            if spec.name == "finetuned_model" and outcome.metadata.get("trained"):
                 tracked.log_pytorch_model(project.paths.output(spec.name))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(output_hash),
@@ -66,13 +130,14 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
 
 
 def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec) -> dict[str, str]:
+    from dagster_project.dvc import tracked_hash
+
     tags = {"git_commit": _git_commit(project.paths.root), "backbone": params.features.backbone}
     tags.update({f"params_hash:{section}": params.section_hash(section) for section in lineage_params(spec.name)})
-    pool_file = project.paths.root / "data.dvc"
-    if pool_file.exists() and spec.name != "pool":
-        import yaml
-
-        tags["data_version"] = str(yaml.safe_load(pool_file.read_text())["outs"][0].get("md5", ""))
+    for source, folder in SOURCE_PATHS.items():
+        recorded = tracked_hash(project.paths.root, folder)
+        if recorded:
+            tags["data_version" if source == "pool" else "labels_dvc_md5"] = recorded
     return tags
 
 
@@ -102,4 +167,5 @@ def _metadata(project: ProjectResource, spec: StageSpec, outcome: StageOutcome, 
 
 
 PARAMS_SOURCES = [_params_source(section) for section in Params.section_names()]
+DATA_SOURCES = [pool_source, labels_source]
 STAGE_ASSETS = [_stage_asset(spec) for spec in STAGES.values()]

@@ -70,5 +70,20 @@ def selection_includes_every_core(project: ProjectResource) -> dg.AssetCheckResu
                                metadata={"cores": len(core_ids), "missing_cores": len(missing)})
 
 
+@dg.asset_check(asset="boundary_set", blocking=True,
+                description="No pick was labeled already or is pending from an earlier round (ROUNDS.md "
+                            "invariant 1: a label paid for is never asked for again, a pending item never sent twice).")
+def selection_avoids_labeled_and_pending(project: ProjectResource) -> dg.AssetCheckResult:
+    from dagster_project.stages import RoundKnowledge
+
+    known = RoundKnowledge.load(project.paths)
+    picked = set(_selection(project)["id"])
+    labeled, pending = sorted(picked & set(known.labeled)), sorted(picked & set(known.pending))
+    return dg.AssetCheckResult(passed=not labeled and not pending,
+                               metadata={"round": known.round, "labeled_picked": len(labeled),
+                                         "pending_picked": len(pending),
+                                         "examples": ", ".join([*labeled, *pending][:5])})
+
+
 ASSET_CHECKS = [embeddings_complete_and_finite, selection_size_equals_budget, selection_has_no_duplicates,
-                selection_ids_exist_in_pool, selection_includes_every_core]
+                selection_ids_exist_in_pool, selection_includes_every_core, selection_avoids_labeled_and_pending]

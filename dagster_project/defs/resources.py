@@ -2,9 +2,6 @@
 
 import contextlib
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +9,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from dagster_project import dvc
 from dagster_project.config import Params, load_params
 from dagster_project.stages import ProjectPaths
 
@@ -38,60 +36,43 @@ class ProjectResource(dg.ConfigurableResource):
 
 
 class DvcResource(dg.ConfigurableResource):
-    """Records each artifact in DVC (dvc.lock / data.dvc) and reads back its hash."""
+    """Records each artifact in DVC (dvc.lock, data.dvc, labels.dvc) and reads back its hash."""
 
     root: str
     push: bool = False
 
-    def _run(self, *args: str) -> str:
-        executable = _dvc_executable()
-        completed = subprocess.run([executable, *args], cwd=self.root, capture_output=True, text=True)
-        if completed.returncode != 0:
-            raise RuntimeError(f"`dvc {' '.join(args)}` failed in {self.root}:\n{completed.stderr.strip()}")
-        return completed.stdout
-
-    def track_pool(self) -> str:
-        """`dvc add data` (a no-op when unchanged); returns the pool's DVC hash."""
-        self._run("add", "-q", "data")
-        self._maybe_push("data.dvc")
-        return _md5_of(yaml.safe_load((Path(self.root) / "data.dvc").read_text())["outs"][0])
+    def track_source(self, target: str) -> str:
+        """`dvc add TARGET` (a no-op when unchanged) for a source folder; returns its DVC hash."""
+        recorded = dvc.track(Path(self.root), target)
+        if recorded is None:
+            raise RuntimeError(f"{self.root} is not a DVC project (no .dvc/): run `dvc init` there")
+        self._maybe_push(f"{target}.dvc")
+        return recorded
 
     def commit_stage(self, stage: str) -> str:
         """Record the stage's current deps, params and outs in dvc.lock; returns the output's hash."""
-        self._run("commit", "-q", "-f", stage)
+        dvc.run_dvc(Path(self.root), "commit", "-q", "-f", stage)
         self._maybe_push(stage)
         return self.stage_output_hash(stage)
 
+    def _lock(self) -> dict[str, Any]:
+        return yaml.safe_load((Path(self.root) / "dvc.lock").read_text())["stages"]
+
     def stage_output_hash(self, stage: str) -> str:
-        lock = yaml.safe_load((Path(self.root) / "dvc.lock").read_text())
-        return _md5_of(lock["stages"][stage]["outs"][0])
+        return dvc.md5_of(self._lock()[stage]["outs"][0])
 
     def dependency_hashes(self, stage: str) -> dict[str, str]:
-        lock = yaml.safe_load((Path(self.root) / "dvc.lock").read_text())
-        return {dep["path"]: _md5_of(dep) for dep in lock["stages"][stage].get("deps", [])}
+        return {dep["path"]: dvc.md5_of(dep) for dep in self._lock()[stage].get("deps", [])}
 
     def _maybe_push(self, target: str) -> None:
         if self.push:
-            self._run("push", "-q", target)
+            dvc.run_dvc(Path(self.root), "push", "-q", target)
 
 
 def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
-
-
-def _md5_of(entry: Mapping[str, Any]) -> str:
-    return str(entry.get("md5") or entry.get("hash") or "")
-
-
-def _dvc_executable() -> str:
-    """The `dvc` beside this interpreter (the app venv's wrapper), else the one on PATH."""
-    candidate = Path(sys.executable).with_name("dvc")
-    found = str(candidate) if candidate.exists() else shutil.which("dvc")
-    if not found:
-        raise RuntimeError("dvc not found: run `make env` (DVC lives in .venv-dvc, wrapped as .venv/bin/dvc)")
-    return found
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -121,7 +102,9 @@ class MlflowResource(dg.ConfigurableResource):
         location = None
         if self.resolved_tracking_uri().startswith("sqlite:"):
             location = (Path(self.root).resolve() / "mlflow" / "artifacts").as_uri()
-        return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+        # MLflow 3 opens an experiment without this tag in its GenAI view; ours trains models.
+        return client.create_experiment(EXPERIMENT_NAME, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
 
     def _parent_run_id(self, client, experiment_id: str, dagster_run_id: str, job_name: str) -> str:
         existing = client.search_runs([experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' "

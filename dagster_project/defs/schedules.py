@@ -1,4 +1,4 @@
-"""Schedule: a nightly check for new data or parameters (off by default; the sensor reacts sooner)."""
+"""Schedule: a nightly check for new data, labels or parameters (off by default; the sensor reacts sooner)."""
 
 import dagster as dg
 
@@ -8,6 +8,7 @@ from dagster_project.defs.sensors import refresh_request
 
 @dg.schedule(cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED,
              target=dg.AssetSelection.all(include_sources=True),
-             description="Nightly: re-run what new data or changed parameters made stale.")
+             description="Nightly: run a new round when images or labels arrived; re-run what changed parameters "
+                         "made stale.")
 def nightly_refresh(context: dg.ScheduleEvaluationContext, project: ProjectResource):
     return refresh_request(context.instance, project)

@@ -1,30 +1,42 @@
-"""Sensor: re-run exactly what changed when params.yaml or the data source changes."""
+"""Sensor: one run for each change of params.yaml, the pool, the labels or the code.
 
-import hashlib
+The run key is the hash of every input version (not of the plan, which shrinks while a run
+proceeds), so one change launches one run; and nothing is launched while a run of this project is
+queued or running, so no two runs write the same artifacts.
+"""
 
 import dagster as dg
 
-from dagster_project.defs.planning import plan_refresh, source_changed
+from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
-from dagster_project.stages import source_location
+
+REFRESH_TAGS = {"bilaf/trigger": "refresh"}
 
 
 def refresh_request(instance: dg.DagsterInstance, project: ProjectResource) -> dg.RunRequest | dg.SkipReason:
-    """A run of the changed params' observations and the stages they (or new data) make stale."""
+    """A run of the changed sources' observations and the stages they make stale."""
     try:
         params = project.params()
     except ValueError as error:
         return dg.SkipReason(f"params.yaml is invalid, nothing launched: {error}")
-    plan = plan_refresh(instance, params, data_changed=source_changed(instance, source_location(params.data)))
+    running = refresh_in_flight(instance)
+    if running is not None:
+        return dg.SkipReason(f"run {running.dagster_run.run_id} is {running.dagster_run.status.value}: "
+                             "waiting for it before planning the next one")
+    try:
+        plan = plan_refresh(instance, project.paths, params)
+    except ValueError as error:
+        return dg.SkipReason(f"cannot plan a run: {error}")
     if not plan:
-        return dg.SkipReason("params.yaml and the data source are unchanged since the last run")
-    state = "|".join([*plan.sections, *plan.stages, *(params.section_hash(name) for name in params.section_names())])
-    return dg.RunRequest(run_key=hashlib.sha256(state.encode()).hexdigest()[:16], asset_selection=plan.asset_keys,
-                         tags={"bilaf/trigger": "refresh", "bilaf/stages": ",".join(plan.stages)})
+        return dg.SkipReason("params.yaml, the pool, the labels and the code are unchanged since the last run")
+    return dg.RunRequest(run_key=plan.inputs_key, asset_selection=plan.asset_keys,
+                         tags={**REFRESH_TAGS, "bilaf/round": str(expected_round(project.paths, plan)),
+                               "bilaf/stages": ",".join(plan.stages)})
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            asset_selection=dg.AssetSelection.all(include_sources=True),
-           description="Watches params.yaml and the data source; launches only the stale stages.")
+           description="Watches params.yaml, the data source, the pool, the labels and the code; launches one run "
+                       "of exactly the stale stages (a new round when new images or labels arrived).")
 def refresh_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
     return refresh_request(context.instance, project)

@@ -7,19 +7,7 @@ from dagster_project.features.backbones import (
     load_backbone,
     resolve_device,
 )
-from dagster_project.features.datasets import (
-    DEFAULT_TEST_SIZE,
-    DEFAULT_TRAIN_SIZE,
-    SOURCES,
-    PoolDataset,
-    PoolReport,
-    build_transform,
-    default_source_root,
-    image_id,
-    open_source,
-    prepare_pool,
-    read_manifest,
-)
+from dagster_project.features.datasets import PoolDataset, build_transform
 from dagster_project.features.embeddings import (
     DEFAULT_IMAGE_SIZE,
     EmbeddingInfo,
@@ -27,6 +15,17 @@ from dagster_project.features.embeddings import (
     embed_pool,
     load_embeddings,
 )
+from dagster_project.features.images import UnreadableImageError, image_id, normalize_image
+from dagster_project.features.pool import (
+    DEFAULT_TEST_SIZE,
+    DEFAULT_TRAIN_SIZE,
+    PoolReport,
+    ingest_folder,
+    pool_version,
+    read_manifest,
+    sync_pool,
+)
+from dagster_project.features.sources import SOURCES, default_source_root, open_source
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -39,16 +38,20 @@ __all__ = [
     "Embeddings",
     "PoolDataset",
     "PoolReport",
+    "UnreadableImageError",
     "build_transform",
     "create_classifier",
     "default_source_root",
     "input_normalisation",
     "embed_pool",
     "image_id",
+    "ingest_folder",
     "load_backbone",
     "load_embeddings",
+    "normalize_image",
     "open_source",
-    "prepare_pool",
+    "pool_version",
     "read_manifest",
     "resolve_device",
+    "sync_pool",
 ]

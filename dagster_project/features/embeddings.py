@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dagster_project.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from dagster_project.features.datasets import MANIFEST_NAME, PoolDataset, build_transform, read_manifest
+from dagster_project.features.datasets import PoolDataset, build_transform
+from dagster_project.features.pool import MANIFEST_NAME, read_manifest
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",

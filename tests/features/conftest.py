@@ -8,14 +8,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network from tests
 
-from dagster_project.features import load_backbone, prepare_pool  # noqa: E402
+from dagster_project.features import load_backbone, sync_pool  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def small_pool(tmp_path_factory) -> Path:
     """48 train + 16 test Fashion-MNIST items (stratified, seed 0); treat as read-only."""
     out = tmp_path_factory.mktemp("pool") / "data"
-    prepare_pool("fashion-mnist", out, train_size=48, test_size=16, seed=0)
+    sync_pool(out, "fashion-mnist", train_size=48, test_size=16, seed=0)
     return out
 
 

@@ -1,17 +1,31 @@
-"""`bilaf data prepare` and `bilaf embed` end to end on a tiny pool."""
+"""`bilaf data sync`, `bilaf ingest` and `bilaf embed` end to end on tiny pools."""
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from dagster_project.cli import main
-from dagster_project.features import load_embeddings, read_manifest
+from dagster_project.dvc import run_dvc
+from dagster_project.features import load_embeddings, pool_version, read_manifest
 
 
-def test_prepare_then_embed(tmp_path, capsys):
+def _write_png(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((6, 6), value, dtype=np.uint8)).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+
+
+def test_sync_then_embed(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "artifacts" / "embeddings"
-    assert main(["data", "prepare", "--out", str(data), "--train-size", "20", "--test-size", "10",
+    assert main(["data", "sync", "--out", str(data), "--train-size", "20", "--test-size", "10",
                  "--seed", "2"]) == 0
-    assert "train 20, test 10" in capsys.readouterr().out
+    assert "train 20 (+20), test 10 (+10)" in capsys.readouterr().out
     assert len(read_manifest(data)) == 30
     assert main(["embed", "--data", str(data), "--out", str(out), "--image-size", "32",
                  "--batch-size", "16"]) == 0
@@ -22,12 +36,52 @@ def test_prepare_then_embed(tmp_path, capsys):
     assert "(0 computed, 30 from cache" in capsys.readouterr().out
 
 
+def test_ingest_summarises_and_lists_unreadable_files(tmp_path, capsys):
+    folder = tmp_path / "incoming"
+    for index in range(3):
+        _write_png(folder / "cat" / f"{index}.png", index)
+    _write_png(folder / "dog" / "copy.png", 0)
+    (folder / "dog" / "broken.jpg").write_bytes(b"plain text")
+    (folder / "README.md").write_text("photos\n")
+    assert main(["ingest", str(folder), "--project", str(tmp_path), "--split", "test"]) == 0
+    captured = capsys.readouterr()
+    assert "added 3 (test), duplicates 1, unreadable 1, ignored 1;" in captured.out
+    assert "dog/broken.jpg: not an image" in captured.err
+    assert read_manifest(tmp_path / "data")["split"].tolist() == ["test"] * 3
+    assert main(["ingest", str(folder), "--project", str(tmp_path)]) == 0
+    assert "added 0 (train), duplicates 4" in capsys.readouterr().out
+
+
+def test_ingest_records_the_new_version_in_a_dvc_project(tmp_path, capsys):
+    run_dvc(tmp_path, "init", "--no-scm", "-q")
+    _write_png(tmp_path / "incoming" / "a.png", 1)
+    assert main(["ingest", str(tmp_path / "incoming"), "--project", str(tmp_path)]) == 0
+    assert f"recorded in {tmp_path / 'data.dvc'}" in capsys.readouterr().out
+    first = (tmp_path / "data.dvc").read_text()
+    _write_png(tmp_path / "incoming" / "b.png", 2)
+    assert main(["ingest", str(tmp_path / "incoming"), "--project", str(tmp_path)]) == 0
+    assert (tmp_path / "data.dvc").read_text() != first
+    report = json.loads((tmp_path / "data" / "pool_report.json").read_text())
+    assert report["pool_version"] == pool_version(tmp_path / "data")
+
+
 def test_user_errors_exit_2_with_the_reason(tmp_path, capsys):
     assert main(["embed", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert f"data directory {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
-    assert main(["data", "prepare", "--source", "image-folder", "--root", str(tmp_path),
+    assert main(["data", "sync", "--source", "image-folder", "--root", str(tmp_path),
                  "--out", str(tmp_path / "data")]) == 2
-    assert "contains no files" in capsys.readouterr().err
+    assert "contains no image files" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "nowhere"), "--project", str(tmp_path)]) == 2
+    assert f"bilaf ingest: error: image folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("label these\n")
+    assert main(["ingest", str(tmp_path / "notes"), "--project", str(tmp_path)]) == 2
+    assert "contains no image files (1 other file(s) ignored, e.g. todo.txt)" in capsys.readouterr().err
+    _write_png(tmp_path / "mixed" / "good.png", 5)
+    (tmp_path / "mixed" / "bad.png").write_bytes(b"")
+    assert main(["ingest", str(tmp_path / "mixed"), "--project", str(tmp_path), "--on-unreadable", "fail"]) == 2
+    assert "1 unreadable file(s)" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
     with pytest.raises(SystemExit):
-        main(["data", "prepare", "--train-size", "-3"])
+        main(["data", "sync", "--train-size", "-3"])
     assert "non-negative integer or 'all'" in capsys.readouterr().err

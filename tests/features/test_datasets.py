@@ -1,4 +1,4 @@
-"""Pool preparation: sources, determinism, idempotence, bad input, transforms."""
+"""Sources, image normalisation, the Fashion-MNIST pool, transforms and PoolDataset."""
 from __future__ import annotations
 
 import gzip
@@ -15,12 +15,14 @@ from dagster_project.features import (
     PoolDataset,
     build_transform,
     image_id,
+    ingest_folder,
+    normalize_image,
     open_source,
-    prepare_pool,
     read_manifest,
+    sync_pool,
 )
 from dagster_project.features._network import host_reachable
-from dagster_project.features.datasets import FASHION_MNIST_CLASSES, normalize_image
+from dagster_project.features.sources import FASHION_MNIST_CLASSES, ArraySource
 
 SMALL_TRAIN, SMALL_TEST = 48, 16  # the sizes of conftest's small_pool
 
@@ -39,15 +41,16 @@ def _png(array: np.ndarray, mode: str | None = None) -> bytes:
 
 def test_fashion_mnist_pool_is_stratified_with_content_ids(small_pool):
     frame = read_manifest(small_pool)
-    assert list(frame.columns) == ["id", "path", "label", "class_name", "split"]
+    assert list(frame.columns) == ["id", "path", "label", "class_name", "split", "origin"]
     assert (frame["split"] == "train").sum() == SMALL_TRAIN and (frame["split"] == "test").sum() == SMALL_TEST
-    # 10 classes: 48 -> eight classes of 5 and two of 4 (largest remainder); 16 -> six of 2, four of 1.
+    # 10 equal classes: 48 -> eight classes of 5 and two of 4; 16 -> six of 2, four of 1.
     assert sorted(frame[frame.split == "train"].label.value_counts().tolist()) == [4, 4] + [5] * 8
     assert sorted(frame[frame.split == "test"].label.value_counts().tolist()) == [1] * 4 + [2] * 6
-    assert frame["id"].is_unique
+    assert frame["id"].is_unique and frame["id"].tolist() == sorted(frame["id"])
     for row in frame.itertuples():
-        assert row.path == f"images/{row.split}/{row.id}.png"
+        assert row.path == f"images/{row.split}/{row.id}.png"  # not files: copied as PNG
         assert row.class_name == FASHION_MNIST_CLASSES[row.label]
+        assert row.origin.startswith(f"fashion-mnist:{row.split}/")
         with Image.open(small_pool / row.path) as image:
             assert image.mode == "L" and image.size == (28, 28)
             assert image_id(image.copy()) == row.id
@@ -55,36 +58,20 @@ def test_fashion_mnist_pool_is_stratified_with_content_ids(small_pool):
 
 def test_pool_is_byte_identical_when_regenerated(small_pool, tmp_path):
     again = tmp_path / "data"
-    prepare_pool("fashion-mnist", again, train_size=SMALL_TRAIN, test_size=SMALL_TEST, seed=0)
+    sync_pool(again, "fashion-mnist", train_size=SMALL_TRAIN, test_size=SMALL_TEST, seed=0)
     assert _files(again) == _files(small_pool)
 
 
-def test_second_prepare_rewrites_nothing(tmp_path):
+def test_second_sync_rewrites_nothing_and_the_seed_changes_the_draw(small_pool, tmp_path):
     out = tmp_path / "data"
-    first = prepare_pool("fashion-mnist", out, train_size=20, test_size=10, seed=3)
-    assert first.files_written == 30 + 2  # images + manifest + report
+    shutil.copytree(small_pool, out)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    second = prepare_pool("fashion-mnist", out, train_size=20, test_size=10, seed=3)
-    assert (second.files_written, second.files_removed) == (0, 0)
+    report = sync_pool(out, "fashion-mnist", train_size=SMALL_TRAIN, test_size=SMALL_TEST, seed=0)
+    assert report.files_written == 0 and report.num_added == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
-
-
-def test_changed_draw_removes_stale_images(tmp_path):
-    out = tmp_path / "data"
-    prepare_pool("fashion-mnist", out, train_size=20, test_size=10, seed=0)
-    report = prepare_pool("fashion-mnist", out, train_size=10, test_size=0, seed=1)
-    frame = read_manifest(out)
-    assert report.files_removed > 0 and len(frame) == 10
-    on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png"))
-    assert on_disk == sorted(frame["path"])
-    assert not (out / "images" / "test").exists()
-
-
-def test_seed_changes_the_draw(tmp_path):
-    a = prepare_pool("fashion-mnist", tmp_path / "a", train_size=30, test_size=0, seed=0)
-    b = prepare_pool("fashion-mnist", tmp_path / "b", train_size=30, test_size=0, seed=1)
-    assert a.selected == b.selected
-    assert set(read_manifest(tmp_path / "a")["id"]) != set(read_manifest(tmp_path / "b")["id"])
+    other = sync_pool(tmp_path / "other", "fashion-mnist", train_size=SMALL_TRAIN, test_size=SMALL_TEST, seed=1)
+    assert other.items == report.items
+    assert set(read_manifest(tmp_path / "other")["id"]) != set(read_manifest(out)["id"])
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -104,11 +91,22 @@ def test_idx_files_are_read_with_numpy(tmp_path):
     _fake_fashion_mnist(tmp_path, train=20, test=10)
     source = open_source("fashion-mnist", tmp_path)
     assert len(source.records) == 30
-    assert source.records[0].origin == "train/00" and source.records[20].origin == "test/0"
+    assert source.records[0].name == "train/00" and source.records[20].name == "test/0"
     assert [r.label for r in source.records[:12]] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert all(r.file is None for r in source.records)  # an array source: its images get copied
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz") as stream:
         first = np.frombuffer(stream.read(), np.uint8, offset=16)[:784].reshape(28, 28)
     assert np.array_equal(np.asarray(source.load(0)), first)
+
+
+def test_array_source_ids_match_the_decoded_images():
+    rng = np.random.default_rng(0)
+    gray = ArraySource("gray", ["a"], {"train": (rng.integers(0, 256, (3, 5, 7), dtype=np.uint8), [0, 0, 0])})
+    rgb = ArraySource("rgb", ["a"], {"train": (rng.integers(0, 256, (3, 4, 6, 3), dtype=np.uint8), [0, 0, 0])})
+    for source in (gray, rgb):
+        assert [source.image_id(i) for i in range(3)] == [image_id(source.load(i)) for i in range(3)]
+    with pytest.raises(ValueError, match="expected uint8 images.*float32"):
+        ArraySource("bad", ["a"], {"train": (np.zeros((2, 3, 3), np.float32), [0, 0])})
 
 
 def test_corrupt_idx_file_is_named(tmp_path):
@@ -133,127 +131,50 @@ def test_missing_cifar_files_fail_clearly(tmp_path):
     if host_reachable("www.cs.toronto.edu"):
         pytest.skip("online: torchvision would download CIFAR-10 instead of failing")
     with pytest.raises(ValueError, match=f"cifar10 files not found.*{tmp_path}"):
-        prepare_pool("cifar10", tmp_path / "data", root=tmp_path, train_size=10, test_size=10)
+        sync_pool(tmp_path / "data", "cifar10", root=tmp_path, train_size=10, test_size=10)
 
 
 def test_unknown_source_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown source 'mnist'"):
-        prepare_pool("mnist", tmp_path, train_size=1, test_size=1)
+        sync_pool(tmp_path, "mnist", train_size=1, test_size=1)
     with pytest.raises(ValueError, match="on_unreadable"):
-        prepare_pool("fashion-mnist", tmp_path, train_size=1, test_size=1, on_unreadable="ignore")
-    with pytest.raises(ValueError, match="train_size"):
-        prepare_pool("fashion-mnist", tmp_path, train_size=-5, test_size=1)
+        sync_pool(tmp_path, "fashion-mnist", train_size=1, test_size=1, on_unreadable="ignore")
+    with pytest.raises(ValueError, match="data.train_size must be a non-negative integer"):
+        sync_pool(tmp_path, "fashion-mnist", train_size=-5, test_size=1)
+    with pytest.raises(ValueError, match="data.seed"):
+        sync_pool(tmp_path, "fashion-mnist", train_size=1, test_size=1, seed=-1)
     with pytest.raises(ValueError, match="needs root"):
-        prepare_pool("image-folder", tmp_path, train_size=1, test_size=1)
+        sync_pool(tmp_path, "image-folder", train_size=1, test_size=1)
 
 
-# ------------------------------------------------------------------------------ image folders
+# ------------------------------------------------------------------------------ normalisation
 
-@pytest.fixture
-def messy_folder(tmp_path) -> Path:
-    """Class folders with every awkward input: modes, bit depths, corrupt files, duplicates."""
-    root = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    cats, dogs = root / "cat", root / "dog"
-    cats.mkdir(parents=True)
-    dogs.mkdir()
-    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
-    (cats / "rgb.png").write_bytes(_png(rgb))
-    Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)).save(cats / "gray.jpg", quality=90)
+def test_awkward_image_files_are_normalised(tmp_path):
+    """Modes, bit depths and transparency end up as 8-bit L or RGB, read from the user's files."""
+    folder = tmp_path / "incoming" / "thing"
+    folder.mkdir(parents=True)
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 0] = 200
     rgba[:2, :, 3] = 255  # top half opaque red-ish, bottom half fully transparent
-    (cats / "alpha.png").write_bytes(_png(rgba, "RGBA"))
-    (dogs / "deep.png").write_bytes(_png(np.array([[0, 32768, 65535]] * 3, dtype=np.uint16)))
-    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert("P").save(dogs / "palette.gif")
-    (dogs / "copy_of_rgb.png").write_bytes((cats / "rgb.png").read_bytes())
-    full = _png(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    (dogs / "truncated.png").write_bytes(full[: len(full) // 2])
-    (dogs / "empty.jpg").write_bytes(b"")
-    (cats / "notes.txt").write_text("not an image\n")
-    return root
-
-
-def test_image_folder_handles_bad_input_and_records_everything(messy_folder, tmp_path):
-    out = tmp_path / "data"
-    report = prepare_pool("image-folder", out, root=messy_folder, train_size=None, test_size=1, seed=0)
-    reasons = {u["origin"]: u["reason"] for u in report.unreadable}
-    assert set(reasons) == {"dog/truncated.png", "dog/empty.jpg", "cat/notes.txt"}
-    assert "empty file" in reasons["dog/empty.jpg"]
-    assert "not an image" in reasons["cat/notes.txt"]
-    assert "cannot decode" in reasons["dog/truncated.png"]
-    assert [(d["origin"], d["duplicate_of"]) for d in report.duplicates] == [("dog/copy_of_rgb.png", "cat/rgb.png")]
-    assert report.scanned == 9 and report.selected == {"train": 4, "test": 1}
-
-    frame = read_manifest(out)
-    assert sorted(frame["class_name"]) == ["cat", "cat", "cat", "dog", "dog"]
-    assert set(frame["label"]) == {0, 1}
-    images = {}
-    for row in frame.itertuples():
-        with Image.open(out / row.path) as image:
-            images[(row.class_name, image.mode, image.size)] = np.asarray(image)
-    assert set(images) == {("cat", "RGB", (10, 12)), ("cat", "L", (9, 9)), ("cat", "RGB", (4, 4)),
-                           ("dog", "L", (3, 3)), ("dog", "RGB", (8, 8))}
-    alpha = images[("cat", "RGB", (4, 4))]
+    (folder / "alpha.png").write_bytes(_png(rgba, "RGBA"))
+    (folder / "deep.png").write_bytes(_png(np.array([[0, 32768, 65535]] * 3, dtype=np.uint16)))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert("P").save(folder / "palette.gif")
+    Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)).save(folder / "gray.jpg", quality=90)
+    ingest_folder(tmp_path / "data", tmp_path / "incoming")
+    dataset = PoolDataset(tmp_path / "data", verify_ids=True)
+    images = {Path(dataset.frame.at[i, "path"]).name: dataset.image(i) for i in range(len(dataset))}
+    assert {name: (image.mode, image.size) for name, image in images.items()} == {
+        "alpha.png": ("RGB", (4, 4)), "deep.png": ("L", (3, 3)), "palette.gif": ("RGB", (8, 8)),
+        "gray.jpg": ("L", (9, 9))}
+    alpha = np.asarray(images["alpha.png"])
     assert (alpha[2:] == 255).all() and (alpha[:2, :, 0] == 200).all()  # transparent -> white
-    assert images[("dog", "L", (3, 3))][0].tolist() == [0, 128, 255]  # 16 bit scaled to 8 bit
-
-    written = (out / "pool_report.json").read_text()
-    assert "dog/truncated.png" in written and "dog/copy_of_rgb.png" in written
+    assert np.asarray(images["deep.png"])[0].tolist() == [0, 128, 255]  # 16 bit scaled to 8 bit
 
 
-def test_unreadable_files_can_fail_the_run(messy_folder, tmp_path):
-    with pytest.raises(ValueError, match="3 unreadable file.*cat/notes.txt.*dog/empty.jpg.*dog/truncated.png"):
-        prepare_pool("image-folder", tmp_path / "data", root=messy_folder, train_size=None,
-                     test_size=0, on_unreadable="fail")
-    assert not (tmp_path / "data" / "manifest.csv").exists()
-
-
-def test_flat_folder_is_unlabelled_and_sizes_are_checked(tmp_path):
-    root = tmp_path / "flat"
-    root.mkdir()
-    for index in range(6):
-        (root / f"{index}.png").write_bytes(_png(np.full((5, 5), index * 10, dtype=np.uint8)))
-    report = prepare_pool("image-folder", tmp_path / "data", root=root, train_size=4, test_size=None)
-    frame = read_manifest(tmp_path / "data")
-    assert report.selected == {"train": 4, "test": 2}
-    assert frame["label"].isna().all() and (frame["class_name"] == "").all()
-    with pytest.raises(ValueError, match="train size 7 exceeds the 6 usable items"):
-        prepare_pool("image-folder", tmp_path / "other", root=root, train_size=7, test_size=None)
-
-
-def test_train_test_folders_fix_the_split(tmp_path):
-    root = tmp_path / "split"
-    for split, count in (("train", 3), ("test", 2)):
-        for label in ("a", "b"):
-            (root / split / label).mkdir(parents=True)
-            for index in range(count):
-                value = {"train": 0, "test": 100}[split] + index * 7 + (label == "b") * 50
-                (root / split / label / f"{index}.png").write_bytes(_png(np.full((3, 3), value, np.uint8)))
-    prepare_pool("image-folder", tmp_path / "data", root=root, train_size=None, test_size=None)
-    frame = read_manifest(tmp_path / "data")
-    assert frame.groupby(["split", "class_name"]).size().to_dict() == {
-        ("test", "a"): 2, ("test", "b"): 2, ("train", "a"): 3, ("train", "b"): 3}
-
-
-def test_empty_missing_and_unreadable_only_folders(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=f"image folder {tmp_path / 'empty'} contains no files"):
-        prepare_pool("image-folder", tmp_path / "d1", root=tmp_path / "empty", train_size=None, test_size=0)
-    with pytest.raises(ValueError, match=f"image folder {tmp_path / 'nowhere'} does not exist"):
-        prepare_pool("image-folder", tmp_path / "d2", root=tmp_path / "nowhere", train_size=None, test_size=0)
-    junk = tmp_path / "junk"
-    junk.mkdir()
-    (junk / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(ValueError, match="no readable images.*a.png"):
-        prepare_pool("image-folder", tmp_path / "d3", root=junk, train_size=None, test_size=0)
-
-
-def test_read_manifest_errors(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        read_manifest(tmp_path / "missing")
-    with pytest.raises(ValueError, match="no manifest.csv"):
-        read_manifest(tmp_path)
+def test_normalize_rejects_float_images():
+    with pytest.raises(ValueError, match="mode 'F'"):
+        normalize_image(Image.fromarray(np.zeros((2, 2), dtype=np.float32)))
 
 
 # ------------------------------------------------------------------------------ reading the pool
@@ -287,6 +208,8 @@ def test_pool_dataset_returns_labels_and_detects_changed_files(small_pool, tmp_p
         dataset[0]
 
 
-def test_normalize_rejects_float_images():
-    with pytest.raises(ValueError, match="mode 'F'"):
-        normalize_image(Image.fromarray(np.zeros((2, 2), dtype=np.float32)))
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_manifest(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no manifest.csv"):
+        read_manifest(tmp_path)

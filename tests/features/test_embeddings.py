@@ -13,9 +13,10 @@ from dagster_project.features import (
     PoolDataset,
     build_transform,
     embed_pool,
+    ingest_folder,
     load_embeddings,
-    prepare_pool,
     read_manifest,
+    sync_pool,
 )
 
 SIZE = 64  # small input keeps the tests fast; the default (128) is covered by the benchmark
@@ -87,7 +88,7 @@ def test_a_changed_pool_only_embeds_its_new_items(small_pool, reference, tmp_pat
     work, _ = reference
     # New pool: 40 images of the small pool plus 8 images it does not have, as an image folder.
     newcomers = tmp_path / "newcomers"
-    prepare_pool("fashion-mnist", newcomers, train_size=8, test_size=0, seed=1)
+    sync_pool(newcomers, "fashion-mnist", train_size=8, test_size=0, seed=1)
     folder = tmp_path / "folder"
     folder.mkdir()
     kept = read_manifest(small_pool).iloc[:40]
@@ -97,7 +98,7 @@ def test_a_changed_pool_only_embeds_its_new_items(small_pool, reference, tmp_pat
         for path in frame["path"]:
             shutil.copy(pool / path, folder)
     other = tmp_path / "data"
-    prepare_pool("image-folder", other, root=folder, train_size=None, test_size=0)
+    ingest_folder(other, folder)
     assert set(read_manifest(other)["id"]) == set(kept["id"]) | set(added["id"])
 
     copy = tmp_path / "work"

@@ -20,7 +20,8 @@ TINY_PARAMS = {
     "core": {"method": "activeft", "n_cores": 10, "seed": 0},
     "denoise": {"n_neighbors": 10, "ring_fraction": 0.1, "removal_ratio": 0.1, "variant": "default"},
     "boundary": {"budget": 40, "penalty": 1.1},
-    "annotation": {"labels_csv": None},
+    "later_rounds": {"method": "bilaf", "n_cores": 0},
+    "annotation": {"labels": "ground-truth"},
     "finetune": {"epochs": 1, "image_size": 32, "batch_size": 20, "lr": 0.01, "seed": 0},
     "evaluation": {"knn_k": 5},
 }
@@ -47,10 +48,18 @@ def write_params(root: Path, params: dict) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+    return make_project(tmp_path_factory.mktemp("project"), TINY_PARAMS)
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A git + DVC project with the repository's dvc.yaml; its code dependencies (dagster_project/)
+    are a link to the package under test."""
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    write_params(root, TINY_PARAMS)
-    (root / ".gitignore").write_text("/data/\n/artifacts/\n/.dagster_home/\n/mlflow/\n/.cache/\n/.dvc-storage/\n")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
+    (root / "dagster_project").symlink_to(REPO / "dagster_project")
+    write_params(root, params)
+    (root / ".gitignore").write_text("/data/\n/labels/\n/rounds/\n/artifacts/\n/.dagster_home/\n/mlflow/\n"
+                                     "/.cache/\n/.dvc-storage/\n/.bilaf.lock\n")
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)

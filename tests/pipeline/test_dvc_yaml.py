@@ -3,24 +3,29 @@ from pathlib import Path
 
 import yaml
 
-from dagster_project.stages import STAGES, ProjectPaths, lineage_params
+from dagster_project.stages import SOURCE_PATHS, STAGES, lineage_params
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _relative(stage: str) -> str:
-    return str(ProjectPaths(REPO).output(stage).relative_to(REPO))
-
-
 def test_dvc_stages_match_the_dagster_assets():
     declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(declared) == [name for name in STAGES if name != "pool"]
+    assert list(declared) == list(STAGES)
     for name, stage in declared.items():
         spec = STAGES[name]
         assert stage["cmd"] == f"bilaf stage {name}"
-        assert stage["deps"] == [_relative(upstream) for upstream in spec.upstream]
+        assert stage["deps"] == ([STAGES[upstream].output for upstream in spec.upstream]
+                                 + [SOURCE_PATHS[source] for source in spec.sources]
+                                 + [f"dagster_project/{path}" for path in spec.code_paths])
         assert stage["params"] == list(lineage_params(name))
-        assert stage["outs"] == [_relative(name)]
+        assert stage["outs"] == [{spec.output: {"persist": True}} if spec.persist else spec.output]
+
+
+def test_every_code_dependency_exists_and_bytecode_is_ignored():
+    for spec in STAGES.values():
+        for path in spec.code_paths:
+            assert (REPO / "dagster_project" / path).exists(), path
+    assert {"__pycache__", "*.pyc"} <= set((REPO / ".dvcignore").read_text().split())
 
 
 def test_pool_is_tracked_by_data_dvc():
