@@ -18,9 +18,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST) $(DAGSTER_HOME)/dagster.yaml
 
-$(DAGSTER_HOME)/dagster.yaml:
-	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+# The instance settings (telemetry off, one writing step at a time) live in dagster_project.defs.planning.
+$(DAGSTER_HOME)/dagster.yaml: $(VENV)/.installed
+	$(BIN)/python -c "from dagster_project.defs.planning import project_dagster_home; project_dagster_home('.')"
 
 # torch/torchvision come from local disk (pip on Python 3.11 finds them there); everything else is
 # pinned by constraints.txt.

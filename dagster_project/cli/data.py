@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from dagster_project import dvc
+from dagster_project.lock import project_lock
 from dagster_project.features.pool import (
     DEFAULT_TEST_SIZE,
     DEFAULT_TRAIN_SIZE,
@@ -95,15 +96,16 @@ def _sync(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     data_dir = args.project / "data"
-    report = ingest_folder(data_dir, args.folder, split=args.split, on_unreadable=args.on_unreadable)
-    print(f"ingested {args.folder} into {data_dir}: added {report.num_added} ({args.split}), {_counts(report)}; "
-          f"pool {report.version}: train {report.items['train']}, test {report.items['test']}")
-    _list_unreadable(report, data_dir)
-    try:
-        recorded = dvc.track(args.project, "data")
-    except RuntimeError as error:
-        print(f"bilaf ingest: error: the pool was updated but DVC could not record it: {error}", file=sys.stderr)
-        return 1
+    with project_lock(args.project.resolve(), f"bilaf ingest {args.folder}"):
+        report = ingest_folder(data_dir, args.folder, split=args.split, on_unreadable=args.on_unreadable)
+        print(f"ingested {args.folder} into {data_dir}: added {report.num_added} ({args.split}), "
+              f"{_counts(report)}; pool {report.version}: train {report.items['train']}, test {report.items['test']}")
+        _list_unreadable(report, data_dir)
+        try:
+            recorded = dvc.track(args.project, "data")
+        except RuntimeError as error:
+            print(f"bilaf ingest: error: the pool was updated but DVC could not record it: {error}", file=sys.stderr)
+            return 1
     if recorded:
         print(f"recorded in {args.project / 'data.dvc'} (md5 {recorded})")
     return 0

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 from annotation_project import CLASSES
 
-from dagster_project.annotation import label_studio_tasks, labeling_config
+from dagster_project.annotation import document_root_for, label_studio_tasks, labeling_config
 
 
 def test_tasks_point_at_local_files_under_the_document_root(tmp_path):
@@ -23,10 +23,21 @@ def test_tasks_point_at_local_files_under_the_document_root(tmp_path):
 
 def test_an_image_outside_the_document_root_says_to_set_it(tmp_path):
     rows = [{"rank": 0, "id": "00ff", "role": "core", "cluster": 0}]
-    with pytest.raises(ValueError, match=r"outside the Label Studio document root .*annotation.document_root"):
+    with pytest.raises(ValueError, match=r"outside the Label Studio document root .*--document-root DIR"):
         label_studio_tasks(rows, {"00ff": tmp_path / "elsewhere" / "a.png"}, tmp_path / "project")
     with pytest.raises(ValueError, match="no image path for 1 batch id"):
         label_studio_tasks(rows, {}, tmp_path)
+
+
+def test_the_document_root_is_the_project_unless_an_image_lies_outside_it(tmp_path):
+    project = tmp_path / "work" / "project"
+    inside = [project / "data" / "images" / "a.png", project / "incoming" / "b.jpg"]
+    assert document_root_for(inside, project) == project
+    outside = [*inside, tmp_path / "work" / "photos" / "cats" / "c.jpg"]
+    assert document_root_for(outside, project) == tmp_path / "work"
+    tasks = label_studio_tasks([{"rank": 0, "id": "c", "role": "boundary"}], {"c": outside[-1]},
+                               document_root_for(outside, project))
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=photos/cats/c.jpg"
 
 
 def test_labeling_config_is_single_choice_named_label_over_the_classes():

@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+# Dagster has no public API for the stale status its UI shows (nor for observing sources outside a
+# run); these tests check that the UI agrees with the planner, so they read it where the UI does.
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.observe import observe
 from dagster._core.loader import LoadingContextForTest

@@ -18,7 +18,7 @@ from PIL import Image
 
 from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
-from dagster_project.defs.sensors import refresh_request
+from dagster_project.defs.sensors import refresh_request, refresh_sensor
 from dagster_project.features import read_manifest
 from dagster_project.features.sources import fashion_mnist_source
 
@@ -78,8 +78,11 @@ def _write_annotations(path: Path, ids: list[str], root: Path) -> Path:
 
 
 def _request(root: Path):
+    """What the refresh sensor decides now, evaluated through Dagster's sensor testing API."""
     with dg.DagsterInstance.get() as instance:
-        return refresh_request(instance, build_definitions(str(root)).resources["project"])
+        context = dg.build_sensor_context(instance=instance,
+                                          resources={"project": build_definitions(str(root)).resources["project"]})
+        return refresh_sensor(context)
 
 
 def _materialized_in_last_run() -> set[str]:
@@ -165,7 +168,10 @@ def test_round_two_builds_on_every_label_of_round_one(project, tmp_path):
     answers = _write_annotations(tmp_path / "round-1.csv", round_one, project)
     assert bilaf(["labels", "import", str(answers), "--round", "1", "--project", str(project)]) == 0
     assert (project / "labels" / "round-001.csv").is_file() and (project / "labels.dvc").is_file()
+    request = _request(project)  # new labels: one run of the next round
+    assert isinstance(request, dg.RunRequest) and dg.AssetKey("labels") in request.asset_selection
     assert bilaf(["run", "--project", str(project)]) == 0
+    assert isinstance(_request(project), dg.SkipReason)  # and nothing more once it ran
     state = _open(project)
     assert state["round"] == 2 and set(state["labeled"]) == set(round_one) and state["pending"] == []
     frozen = pd.read_csv(project / "rounds" / "round-001" / "batch.csv", dtype={"id": str})

@@ -42,9 +42,10 @@ def test_webserver_serves_every_asset_and_check(tmp_path):
                 time.sleep(1)
         assert payload is not None, "the webserver did not answer within 180 s"
         keys = {"/".join(node["assetKey"]["path"]) for node in payload}
-        assert keys == set(STAGES) | {f"params/{section}" for section in Params.section_names()}
+        sources = {"pool", "labels"} | {f"params/{section}" for section in Params.section_names()}
+        assert keys == set(STAGES) | sources
         observable = {"/".join(node["assetKey"]["path"]) for node in payload if node["isObservable"]}
-        assert observable == {f"params/{section}" for section in Params.section_names()}
+        assert observable == sources
         checks = {check["name"] for node in payload
                   for check in (node["assetChecksOrError"] or {}).get("checks", [])}
         assert checks == {next(iter(check.check_specs)).name
