@@ -36,6 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dagster_project import defaults  # noqa: E402
 from dagster_project.features import (  # noqa: E402
     DEFAULT_BACKBONE,
     create_classifier,
@@ -102,10 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="probe fits run in parallel")
     parser.add_argument("--finetune", nargs="*", default=[], choices=list(METHODS),
                         help="methods whose selections are also used to finetune the backbone (slow: GPU advised)")
-    parser.add_argument("--finetune-epochs", type=int, default=12)
-    parser.add_argument("--finetune-image-size", type=int, default=96)
-    parser.add_argument("--finetune-batch-size", type=int, default=32)
-    parser.add_argument("--finetune-lr", type=float, default=0.05)
+    parser.add_argument("--finetune-epochs", type=int, default=defaults.FINETUNE_EPOCHS)
+    parser.add_argument("--finetune-image-size", type=int, default=defaults.FINETUNE_IMAGE_SIZE)
+    parser.add_argument("--finetune-batch-size", type=int, default=defaults.FINETUNE_BATCH_SIZE)
+    parser.add_argument("--finetune-lr", type=float, default=defaults.FINETUNE_LR)
     parser.add_argument("--finetune-seconds", type=float, default=None,
                         help="start no new finetuning run after this many seconds of finetuning")
     parser.add_argument("--workers", type=int, default=0, help="image loader workers for finetuning")

@@ -1,137 +1,111 @@
 """`params.yaml`: the single source of truth for every stage, validated before any compute.
 
-Each section is a frozen dataclass. Unknown keys, wrong types and out-of-range values raise
-`ValueError` naming the key, so a typo never silently falls back to a default.
+One pydantic schema, used by Dagster, the DVC stages, the CLI and the benchmarks. Every section and
+every key must be written out: a missing one is an error naming it, never a silent default (the
+defaults live in `dagster_project.defaults`, for code that builds parameters itself). Unknown
+sections and keys, wrong types and out-of-range values are errors naming the key; the cross-field
+rules (cores against the budget; the budget against the pool, for every source) run before any
+pipeline step. Every error is a `ValueError` starting "params: <key>".
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dagster_project import defaults
 
 PARAMS_FILE = "params.yaml"
+# Train items of the sources whose size is known without reading them (null train_size = all).
+SOURCE_TRAIN_ITEMS = {"fashion-mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
 
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ValueError(f"params: {key} {message}")
+class _Section(BaseModel):
+    """A params.yaml section: strict types (an int is accepted for a float), no unknown keys."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class DataParams:
-    source: Literal["fashion-mnist", "image-folder", "cifar10", "cifar100"] = "fashion-mnist"
+class DataParams(_Section):
+    source: Literal["fashion-mnist", "image-folder", "cifar10", "cifar100"] = defaults.SOURCE
     root: str | None = None
-    train_size: int | None = 10_000
-    test_size: int | None = 2_000
-    seed: int = 0
-    on_unreadable: Literal["skip", "fail"] = "skip"
+    train_size: int | None = Field(defaults.TRAIN_SIZE, gt=0)
+    test_size: int | None = Field(defaults.TEST_SIZE, gt=0)
+    seed: int = Field(defaults.DATA_SEED, ge=0)
+    on_unreadable: Literal["skip", "fail"] = defaults.ON_UNREADABLE
 
-    def __post_init__(self) -> None:
-        for key in ("train_size", "test_size"):
-            value = getattr(self, key)
-            _require(value is None or value > 0, f"data.{key}", f"must be positive or null, got {value}")
-        _require(self.source != "image-folder" or self.root is not None, "data.root",
-                 "is required when data.source is image-folder")
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureParams:
-    backbone: str = "tf_efficientnet_lite0"
-    weights: str = "packaged"
-    image_size: int = 128
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        _require(self.image_size >= 16, "features.image_size", f"must be >= 16, got {self.image_size}")
-        _require(self.batch_size >= 1, "features.batch_size", f"must be >= 1, got {self.batch_size}")
+    @model_validator(mode="after")
+    def _root_for_folders(self) -> DataParams:
+        if self.source == "image-folder" and self.root is None:
+            raise ValueError("data.root is required when data.source is image-folder")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class CoreParams:
-    method: Literal["activeft", "kmeans", "kcenter", "random"] = "activeft"
-    n_cores: int = 50
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _require(self.n_cores >= 1, "core.n_cores", f"must be >= 1, got {self.n_cores}")
+class FeatureParams(_Section):
+    backbone: str = defaults.BACKBONE
+    weights: str = defaults.WEIGHTS
+    image_size: int = Field(defaults.IMAGE_SIZE, ge=16)
+    batch_size: int = Field(defaults.EMBEDDING_BATCH_SIZE, ge=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class DenoiseParams:
-    n_neighbors: int = 10
-    ring_fraction: float = 0.1
-    removal_ratio: float = 0.1
-    variant: Literal["default", "repo"] = "default"
-
-    def __post_init__(self) -> None:
-        _require(self.n_neighbors >= 1, "denoise.n_neighbors", f"must be >= 1, got {self.n_neighbors}")
-        _require(0 < self.ring_fraction <= 1, "denoise.ring_fraction",
-                 f"must be in (0, 1], got {self.ring_fraction}")
-        _require(0 <= self.removal_ratio < 1, "denoise.removal_ratio",
-                 f"must be in [0, 1), got {self.removal_ratio}")
+class CoreParams(_Section):
+    method: Literal["activeft", "kmeans", "kcenter", "random"] = defaults.CORE_METHOD
+    n_cores: int = Field(defaults.N_CORES, ge=1)
+    seed: int = Field(defaults.SEED, ge=0)
 
 
-@dataclasses.dataclass(frozen=True)
-class BoundaryParams:
-    budget: int = 250
-    penalty: float = 1.1
-
-    def __post_init__(self) -> None:
-        _require(self.budget >= 1, "boundary.budget", f"must be >= 1, got {self.budget}")
-        _require(self.penalty >= 1, "boundary.penalty", f"must be >= 1, got {self.penalty}")
+class DenoiseParams(_Section):
+    n_neighbors: int = Field(defaults.N_NEIGHBORS, ge=1)
+    ring_fraction: float = Field(defaults.RING_FRACTION, gt=0, le=1)
+    removal_ratio: float = Field(defaults.REMOVAL_RATIO, ge=0, lt=1)
+    variant: Literal["default", "repo"] = defaults.DENOISE_VARIANT
 
 
-@dataclasses.dataclass(frozen=True)
-class LaterRoundsParams:
+class BoundaryParams(_Section):
+    budget: int = Field(defaults.BUDGET, ge=1)
+    penalty: float = Field(defaults.PENALTY, ge=1)
+
+
+class LaterRoundsParams(_Section):
     """Rounds that can learn from labels of 2+ classes (round 1, which has none, is one-shot)."""
 
-    method: Literal["bilaf", "activeft", "kmeans", "kcenter", "random", "margin"] = "bilaf"
-    n_cores: int = 0
+    method: Literal["bilaf", "activeft", "kmeans", "kcenter", "random", "margin"] = defaults.LATER_METHOD
+    n_cores: int = Field(defaults.LATER_N_CORES, ge=0)
 
-    def __post_init__(self) -> None:
-        _require(self.n_cores >= 0, "later_rounds.n_cores", f"must be >= 0, got {self.n_cores}")
-        _require(self.n_cores == 0 or self.method == "bilaf", "later_rounds.n_cores",
-                 f"applies to method bilaf only (coverage cores beside its class-boundary picks); "
-                 f"method {self.method} picks all of a round itself, so set it to 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class AnnotationParams:
-    labels: Literal["ground-truth", "imported"] = "ground-truth"
+    @model_validator(mode="after")
+    def _cores_for_bilaf_only(self) -> LaterRoundsParams:
+        if self.n_cores and self.method != "bilaf":
+            raise ValueError(f"later_rounds.n_cores applies to method bilaf only (coverage cores beside its "
+                             f"class-boundary picks); method {self.method} picks all of a round itself, so set it to 0")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneParams:
-    epochs: int = 12
-    image_size: int = 96
-    batch_size: int = 32
-    lr: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "finetune.epochs", f"must be >= 1, got {self.epochs}")
-        _require(self.image_size >= 16, "finetune.image_size", f"must be >= 16, got {self.image_size}")
-        _require(self.batch_size >= 1, "finetune.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.lr > 0, "finetune.lr", f"must be > 0, got {self.lr}")
+class AnnotationParams(_Section):
+    labels: Literal["ground-truth", "imported"] = defaults.LABELS
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluationParams:
-    knn_k: int = 20
+class FinetuneParams(_Section):
+    epochs: int = Field(defaults.FINETUNE_EPOCHS, ge=1)
+    image_size: int = Field(defaults.FINETUNE_IMAGE_SIZE, ge=16)
+    batch_size: int = Field(defaults.FINETUNE_BATCH_SIZE, ge=1)
+    lr: float = Field(defaults.FINETUNE_LR, gt=0)
+    seed: int = Field(defaults.FINETUNE_SEED, ge=0)
 
-    def __post_init__(self) -> None:
-        _require(self.knn_k >= 1, "evaluation.knn_k", f"must be >= 1, got {self.knn_k}")
+
+class EvaluationParams(_Section):
+    knn_k: int = Field(defaults.KNN_K, ge=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class Params:
+class Params(BaseModel):
+    """Every section of params.yaml; ``Params()`` holds every default."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
     data: DataParams = DataParams()
     features: FeatureParams = FeatureParams()
     core: CoreParams = CoreParams()
@@ -142,18 +116,23 @@ class Params:
     finetune: FinetuneParams = FinetuneParams()
     evaluation: EvaluationParams = EvaluationParams()
 
-    def __post_init__(self) -> None:
-        _require(self.core.n_cores <= self.boundary.budget, "core.n_cores",
-                 f"({self.core.n_cores}) must not exceed boundary.budget ({self.boundary.budget})")
-        _require(self.later_rounds.n_cores <= self.boundary.budget, "later_rounds.n_cores",
-                 f"({self.later_rounds.n_cores}) must not exceed boundary.budget ({self.boundary.budget})")
-        if self.data.train_size is not None:
-            _require(self.boundary.budget <= self.data.train_size, "boundary.budget",
-                     f"({self.boundary.budget}) must not exceed data.train_size ({self.data.train_size})")
+    @model_validator(mode="after")
+    def _budget_rules(self) -> Params:
+        if self.core.n_cores > self.boundary.budget:
+            raise ValueError(f"core.n_cores ({self.core.n_cores}) must not exceed boundary.budget "
+                             f"({self.boundary.budget})")
+        if self.later_rounds.n_cores > self.boundary.budget:
+            raise ValueError(f"later_rounds.n_cores ({self.later_rounds.n_cores}) must not exceed boundary.budget "
+                             f"({self.boundary.budget})")
+        known = self.data.train_size or SOURCE_TRAIN_ITEMS.get(self.data.source)
+        if known is not None and self.boundary.budget > known:
+            size = f"data.train_size ({known})" if self.data.train_size else f"the {known} train items of {self.data.source}"
+            raise ValueError(f"boundary.budget ({self.boundary.budget}) must not exceed {size}")
+        return self
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain values, in declaration order."""
-        return dataclasses.asdict(getattr(self, name))
+        return getattr(self, name).model_dump()
 
     def section_hash(self, name: str) -> str:
         """Stable hash of one section: the Dagster data version of its parameters."""
@@ -162,49 +141,81 @@ class Params:
 
     @classmethod
     def section_names(cls) -> tuple[str, ...]:
-        return tuple(field.name for field in dataclasses.fields(cls))
+        return tuple(cls.model_fields)
 
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check `value` against a field annotation (int, float, str, Literal, Optional)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [option for option in options if option is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        _require(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    _require(isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)),
-             key, f"must be {annotation.__name__}, got {value!r}")
-    return value
-
-
-def _build_section(cls: type, values: Mapping[str, Any], name: str) -> Any:
-    _require(isinstance(values, Mapping), name, f"must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    _require(not unknown, f"{name}.{unknown[0]}" if unknown else name,
-             f"is not a known key (known: {sorted(known)})")
-    return cls(**{key: _coerce(value, hints[key], f"{name}.{key}") for key, value in values.items()})
+    def check_pool(self, train_items: int) -> None:
+        """The budget against the pool as it is (for sources whose size the schema cannot know)."""
+        if self.boundary.budget > train_items:
+            raise ValueError(f"params: boundary.budget ({self.boundary.budget}) must not exceed the {train_items} "
+                             f"train items of the pool ({self.data.source} at {self.data.root or 'its default place'})")
 
 
 def params_from_mapping(raw: Mapping[str, Any] | None) -> Params:
-    """Validate a parsed params mapping; missing keys take their defaults."""
-    raw = raw or {}
-    _require(isinstance(raw, Mapping), "file", "must hold a mapping of sections")
-    hints = typing.get_type_hints(Params)
-    unknown = sorted(set(raw) - set(Params.section_names()))
-    _require(not unknown, unknown[0] if unknown else "",
-             f"is not a known section (known: {list(Params.section_names())})")
-    sections = {name: _build_section(hints[name], raw[name] or {}, name) for name in raw}
-    return Params(**sections)
+    """Validate a parsed params.yaml: every section and key present, each value valid."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"params: the file must hold a mapping of sections, got {type(raw).__name__}")
+    names = Params.section_names()
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ValueError(f"params: {unknown[0]} is not a known section (known: {list(names)})")
+    for name in names:
+        if name not in raw:
+            raise ValueError(f"params: section {name} is missing (its keys and defaults: "
+                             f"{getattr(Params(), name).model_dump()})")
+        section = raw[name]
+        if not isinstance(section, Mapping):
+            raise ValueError(f"params: {name} must be a mapping of keys, got {section!r}")
+        fields = Params.model_fields[name].annotation.model_fields
+        unknown = sorted(set(section) - set(fields))
+        if unknown:
+            raise ValueError(f"params: {name}.{unknown[0]} is not a known key (known: {sorted(fields)})")
+        for key in fields:
+            if key not in section:
+                raise ValueError(f"params: {name}.{key} is missing (its default: "
+                                 f"{getattr(getattr(Params(), name), key)!r})")
+    try:
+        return Params.model_validate(dict(raw))
+    except ValidationError as error:
+        raise ValueError(f"params: {_describe(error.errors()[0])}") from None
+
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_TYPES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error as "<key> <what is wrong>, got <value>"."""
+    key = ".".join(str(part) for part in error["loc"])
+    kind, value = error["type"], error.get("input")
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind in _BOUNDS:
+        interval = _interval(error["loc"])
+        return f"{key} must be {interval or _BOUNDS[kind] + ' ' + _number(next(iter(error['ctx'].values())))}, got {value!r}"
+    if kind == "literal_error":
+        return f"{key} must be one of [{error['ctx']['expected']}], got {value!r}"
+    if kind in _TYPES:
+        return f"{key} must be {_TYPES[kind]}, got {value!r}"
+    return f"{key}: {error['msg']}, got {value!r}"
+
+
+def _interval(location: tuple) -> str | None:
+    """"in [0, 1)" for a field bounded on both sides, None otherwise."""
+    if len(location) != 2:
+        return None
+    section = Params.model_fields[location[0]].annotation
+    bounds = {type(item).__name__.lower(): item for item in section.model_fields[location[1]].metadata}
+    low = bounds.get("ge") or bounds.get("gt")
+    high = bounds.get("le") or bounds.get("lt")
+    if low is None or high is None:
+        return None
+    left = f"[{_number(low.ge)}" if "ge" in bounds else f"({_number(low.gt)}"
+    right = f"{_number(high.le)}]" if "le" in bounds else f"{_number(high.lt)})"
+    return f"in {left}, {right}"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -146,6 +146,36 @@ def sync_configured_pool(paths: ProjectPaths, params: Params):
                      on_unreadable=section.on_unreadable)
 
 
+def check_budget(paths: ProjectPaths, params: Params) -> None:
+    """`boundary.budget` against what the round can pick from, before any work: the pool's train
+    items (a folder source of unknown size is counted, not read) minus the labeled and pending ones."""
+    from dagster_project.features import open_source, read_manifest
+
+    train = 0
+    if (paths.data / "manifest.csv").is_file():
+        manifest = read_manifest(paths.data)
+        train = int((manifest["split"] == "train").sum())
+    section = params.data
+    if section.source == "image-folder" and section.train_size is None:
+        try:
+            records = open_source(section.source, Path(section.root)).records
+        except ValueError as error:
+            raise ValueError(f"params: data.root: {error}") from None
+        splits = [record.split for record in records]
+        in_source = splits.count("train") if "train" in splits else len(splits) - (section.test_size or 0)
+        train = max(train, in_source)
+    else:
+        train = max(train, section.train_size or 0)
+    taken = 0
+    state = paths.output("round") / rounds.OPEN_NAME
+    if state.is_file():
+        known = artifacts.read_json(state)
+        taken = len(known["labeled"]) + len(known["pending"])
+    if train and params.boundary.budget > train - taken:
+        raise ValueError(f"params: boundary.budget ({params.boundary.budget}) must not exceed the {train - taken} "
+                         f"train items left to pick from ({train} in the pool, {taken} labeled or pending)")
+
+
 def labels_version(paths: ProjectPaths, params: Params) -> str:
     """The labels' data version: the content hash of labels/ (constant for simulated annotators)."""
     if params.annotation.labels == GROUND_TRUTH:

@@ -32,8 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    with project_lock(args.project.resolve(), f"bilaf stage {args.name}"):
-        outcome = run_stage(args.name, args.project)
+    from dagster_project.config import load_params
+    from dagster_project.stages import ProjectPaths, check_budget
+
+    paths = ProjectPaths(args.project.resolve())
+    params = load_params(paths.params)
+    check_budget(paths, params)
+    with project_lock(paths.root, f"bilaf stage {args.name}"):
+        outcome = run_stage(args.name, paths.root, params)
     print(f"{args.name}: " + ", ".join(f"{key}={value:g}" for key, value in outcome.metrics.items()))
     return 0
 
@@ -73,12 +79,14 @@ def _run(args: argparse.Namespace) -> int:
 
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
+    from dagster_project.stages import check_budget
 
     root = args.project.resolve()
     project_dagster_home(root)
     defs = build_definitions(str(root))
     project = defs.resources["project"]
     params = project.params()  # invalid parameters stop here, before any compute
+    check_budget(project.paths, params)
     with project_lock(root, "bilaf run"), dg.DagsterInstance.get() as instance:
         running = refresh_in_flight(instance)
         if running is not None:

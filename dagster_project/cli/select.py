@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from dagster_project import defaults
 from dagster_project.selection import CORE_METHODS, VARIANTS, list_methods, select
 from dagster_project.selection.results import RECORD_FIELDS, SelectionResult
 
@@ -32,10 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--variant", default="default", choices=tuple(VARIANTS),
                         help="'default' (paper intent) or 'repo' (reproduces the official code)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--penalty", type=float, help="opponent penalty delta (default 1.1)")
-    parser.add_argument("--removal-ratio", type=float, help="IDC removal ratio (default 0.1)")
-    parser.add_argument("--ring-fraction", type=float, help="IDC ring fraction (default 0.1)")
-    parser.add_argument("--n-neighbors", type=int, help="IDC density neighbours k (default 10)")
+    parser.add_argument("--penalty", type=float, help=f"opponent penalty delta (default {defaults.PENALTY})")
+    parser.add_argument("--removal-ratio", type=float, help=f"IDC removal ratio (default {defaults.REMOVAL_RATIO})")
+    parser.add_argument("--ring-fraction", type=float, help=f"IDC ring fraction (default {defaults.RING_FRACTION})")
+    parser.add_argument("--n-neighbors", type=int,
+                        help=f"IDC density neighbours k (default {defaults.N_NEIGHBORS})")
     parser.add_argument("--n-iterations", type=int, help="ActiveFT iterations (default 300)")
     parser.add_argument("--batch-size", type=int,
                         help="ActiveFT items per iteration (default: all up to 100000)")

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import dagster as dg
 
-from dagster_project import rounds
+from dagster_project import dvc, rounds
 from dagster_project.config import DataParams, Params
 from dagster_project.defs.assets import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
-from dagster_project.stages import STAGES, ProjectPaths, labels_version, lineage_params
+from dagster_project.stages import SOURCE_PATHS, STAGES, ProjectPaths, labels_version, lineage_params
 
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
@@ -88,11 +89,37 @@ def configured_source_fingerprint(section: DataParams) -> str:
     return digest.hexdigest()[:16]
 
 
+def dvc_changes(paths: ProjectPaths) -> dict[str, str]:
+    """What `dvc status` says differs from dvc.lock and the .dvc files: {stage or .dvc file: what}.
+
+    The planner adds these, so that `bilaf run` and `dvc status` never disagree: an output deleted
+    or edited by hand, a source folder changed in place, a code folder edited.
+    """
+    if not dvc.is_dvc_project(paths.root):
+        return {}
+    report = json.loads(dvc.run_dvc(paths.root, "status", "--json") or "{}")
+    changes = {}
+    for name, entries in report.items():
+        parts = []
+        for entry in entries:
+            if isinstance(entry, dict):
+                parts += [f"{path} {state}" for kind in entry.values() if isinstance(kind, dict)
+                          for path, state in kind.items()]
+            else:
+                parts.append(str(entry))
+        changes[name] = ", ".join(parts)
+    return changes
+
+
 def plan_refresh(instance: dg.DagsterInstance, paths: ProjectPaths, params: Params) -> RefreshPlan:
     """Sources to observe and stages to materialize now, each stage with its reason."""
     versions = current_versions(paths, params)
     last = {key: observed(instance, key) for key in versions}
     observe = [key for key, version in versions.items() if last[key] is None or last[key]["version"] != version]
+    disk = dvc_changes(paths)
+    for source, folder in SOURCE_PATHS.items():  # a source folder changed in place: observing re-records it
+        if f"{folder}.dvc" in disk and source_key(source) not in observe:
+            observe.append(source_key(source))
     fingerprint = configured_source_fingerprint(params.data)
     pool_seen = last[POOL_KEY]
     if POOL_KEY not in observe and (pool_seen is None or pool_seen.get(SOURCE_FINGERPRINT) != fingerprint
@@ -101,6 +128,8 @@ def plan_refresh(instance: dg.DagsterInstance, paths: ProjectPaths, params: Para
     reasons: dict[str, str] = {}
     for spec in STAGES.values():
         reason = _stale_reason(instance, paths, spec.name, versions, set(observe), reasons)
+        if reason is None and spec.name in disk:
+            reason = f"dvc status: {disk[spec.name]}"
         if reason:
             reasons[spec.name] = reason
     key_material = sorted(f"{key.to_user_string()}={version}" for key, version in versions.items())

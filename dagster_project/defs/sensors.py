@@ -9,6 +9,7 @@ import dagster as dg
 
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
+from dagster_project.stages import check_budget
 
 REFRESH_TAGS = {"bilaf/trigger": "refresh"}
 
@@ -17,6 +18,7 @@ def refresh_request(instance: dg.DagsterInstance, project: ProjectResource) -> d
     """A run of the changed sources' observations and the stages they make stale."""
     try:
         params = project.params()
+        check_budget(project.paths, params)
     except ValueError as error:
         return dg.SkipReason(f"params.yaml is invalid, nothing launched: {error}")
     running = refresh_in_flight(instance)

@@ -22,6 +22,7 @@ from pathlib import Path
 import timm
 import torch
 
+from dagster_project import defaults
 from dagster_project.features._network import host_reachable
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
     "state_dict_sha256",
 ]
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+DEFAULT_BACKBONE = defaults.BACKBONE
 PACKAGED_WEIGHTS = {"tf_efficientnet_lite0": "efficientnet-lite0-57934424.pth"}
 # The packaged Lite0 was trained on inputs scaled to [-1, 1].
 _PACKAGED_NORMALISATION = {"tf_efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dagster_project import defaults
 from dagster_project.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from dagster_project.features.datasets import PoolDataset, build_transform
 from dagster_project.features.pool import MANIFEST_NAME, read_manifest
@@ -44,7 +45,7 @@ __all__ = [
     "load_embeddings",
 ]
 
-DEFAULT_IMAGE_SIZE = 128
+DEFAULT_IMAGE_SIZE = defaults.IMAGE_SIZE
 FEATURES_NAME = "features.npy"
 INDEX_NAME = "index.csv"
 META_NAME = "meta.json"

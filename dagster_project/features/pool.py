@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from dagster_project import defaults
 from dagster_project.features.images import UnreadableImageError, png_bytes
 from dagster_project.features.sources import SPLITS, ImageFolderSource, ImageSource, open_source
 
@@ -53,8 +54,8 @@ __all__ = [
     "sync_pool",
 ]
 
-DEFAULT_TRAIN_SIZE = 10_000
-DEFAULT_TEST_SIZE = 2_000
+DEFAULT_TRAIN_SIZE = defaults.TRAIN_SIZE
+DEFAULT_TEST_SIZE = defaults.TEST_SIZE
 MANIFEST_NAME = "manifest.csv"
 REPORT_NAME = "pool_report.json"
 IMAGES_DIR = "images"

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dagster_project import defaults
+
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
 from ._validation import validate_core_indices, validate_inputs
 from .results import BOUNDARY_ROLE, CORE_ROLE, ClusterStats, CoreSelection, DenoisedPool, Pick
@@ -68,7 +70,7 @@ def _repo_allocation(budget: int, sizes: np.ndarray) -> np.ndarray:
 
 
 def select_boundary(features: Any, cores: Any, denoised: DenoisedPool, budget: int,
-                    penalty: float = 1.1, *, variant: str | None = None,
+                    penalty: float = defaults.PENALTY, *, variant: str | None = None,
                     budget_rule: str | None = None, penalty_scope: str | None = None,
                     intra_distance: str | None = None) -> SelectionResult:
     """Pick ``budget`` items: each cluster's core, then its boundary items one at a time.

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dagster_project import defaults
+
 from ._geometry import ClusterDistances, device, l2_normalize, rows_per_block, squared_distances
 from ._validation import KnownItems, validate_inputs, validate_known
 from .boundary import _TINY, apportion, check_boundary_args
@@ -37,8 +39,9 @@ LABEL_AWARE = "bilaf-labels"
 
 
 def class_regions(features: Any, labels: Any, *, pending: Any = None, cores: Any = None,
-                  n_neighbors: int = 10, ring_fraction: float = 0.1, removal_ratio: float = 0.1,
-                  min_cluster_size: int = 10) -> ClassRegions:
+                  n_neighbors: int = defaults.N_NEIGHBORS, ring_fraction: float = defaults.RING_FRACTION,
+                  removal_ratio: float = defaults.REMOVAL_RATIO,
+                  min_cluster_size: int = defaults.MIN_CLUSTER_SIZE) -> ClassRegions:
     """Give every item a class (its label, else the probe's) and denoise each class region.
 
     ``labels``: one class index per item, -1 = unlabeled (two classes at least); ``pending``:
@@ -94,7 +97,7 @@ def class_regions_validated(matrix: np.ndarray, known: KnownItems, cores: np.nda
 
 
 def select_class_boundary(features: Any, regions: ClassRegions, budget: int,
-                          penalty: float = 1.1) -> SelectionResult:
+                          penalty: float = defaults.PENALTY) -> SelectionResult:
     """The round's picks: its cores first, then ``budget - len(cores)`` boundary picks between
     the classes of ``regions`` (see the module docstring)."""
     matrix = validate_inputs(features, budget=budget, normalize=True)

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dagster_project import defaults
+
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
 from ._validation import validate_core_indices, validate_inputs
 from .results import ClusterStats, DenoisedPool
@@ -18,10 +20,10 @@ from .variants import Stage2Settings, resolve_settings
 class IdcParams:
     """IDC hyper-parameters (paper defaults: k = 10, P_in = 0.1, P_rm = 0.1; no denoising < 10)."""
 
-    n_neighbors: int = 10
-    ring_fraction: float = 0.1
-    removal_ratio: float = 0.1
-    min_cluster_size: int = 10
+    n_neighbors: int = defaults.N_NEIGHBORS
+    ring_fraction: float = defaults.RING_FRACTION
+    removal_ratio: float = defaults.REMOVAL_RATIO
+    min_cluster_size: int = defaults.MIN_CLUSTER_SIZE
 
     def __post_init__(self) -> None:
         if not _is_positive_int(self.n_neighbors):
@@ -39,8 +41,9 @@ def _is_positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
-def denoise(features: Any, cores: Any, *, variant: str = "default", n_neighbors: int = 10,
-            ring_fraction: float = 0.1, removal_ratio: float = 0.1, min_cluster_size: int = 10,
+def denoise(features: Any, cores: Any, *, variant: str = defaults.DENOISE_VARIANT,
+            n_neighbors: int = defaults.N_NEIGHBORS, ring_fraction: float = defaults.RING_FRACTION,
+            removal_ratio: float = defaults.REMOVAL_RATIO, min_cluster_size: int = defaults.MIN_CLUSTER_SIZE,
             normalize: bool | None = None, exact: bool | None = None, density: str | None = None,
             absorb_remainder: bool | None = None) -> DenoisedPool:
     """Assign every item to its nearest core and drop each cluster's peripheral items with IDC.

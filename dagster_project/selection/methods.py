@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dagster_project import defaults
+
 from ._validation import KnownItems, validate_inputs, validate_known
 from .boundary import BILAF, check_boundary_args, select_boundary_validated
 from .classes import class_regions_validated, select_class_boundary_validated
@@ -77,7 +79,7 @@ def _bilaf(features: Any, budget: int, *, n_cores: int | None, core_method: str 
     core_method = core_method or "activeft"
     if n_cores is None and isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
         n_cores = default_n_cores(int(budget))
-    penalty = options.pop("penalty", 1.1)
+    penalty = options.pop("penalty", defaults.PENALTY)
     settings = resolve_settings(variant, **{k: options.pop(k) for k in _SWITCH_OPTIONS
                                             if k in options})
     idc = IdcParams(**{k: options.pop(k) for k in _IDC_OPTIONS if k in options})

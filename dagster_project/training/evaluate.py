@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dagster_project import defaults
 from dagster_project.training.data import ImageListDataset, Transform
 from dagster_project.features.backbones import resolve_device
 
@@ -229,7 +230,7 @@ def knn_probe(
     test_labels: np.ndarray,
     *,
     num_classes: int | None = None,
-    k: int = 20,
+    k: int = defaults.KNN_K,
     temperature: float = 0.07,
     batch_size: int = 2048,
 ) -> ClassificationMetrics:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dagster_project import defaults
 from dagster_project.features.backbones import resolve_device
 from dagster_project.training.data import ImageListDataset, train_transform
 
@@ -42,21 +43,23 @@ RECIPE_BASE_LR = 3e-3
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Finetuning hyper-parameters; the defaults are sized for a CPU run of a few minutes.
+    """Finetuning hyper-parameters; the defaults (``dagster_project.defaults``, the pipeline's too)
+    are sized for a CPU run of a few minutes.
 
     ``learning_rate`` is the peak rate actually used (no implicit batch scaling); the recipe's
     batch scaling lives in ``full_recipe``. The CPU defaults trade the recipe's 1000 epochs at
-    224 px for 20 epochs at 128 px (~150 updates for 250 items, ~80 s on two idle cores), a
-    higher peak rate and milder crops. Measured once each with the packaged ImageNet weights on
+    224 px for 12 epochs at 96 px (``benchmarks/finetune_speed.py``: 94 train img/s at 96 px against
+    53 at 128 px on two cores), a higher peak rate and milder crops. Measured once each with the
+    packaged ImageNet weights on
     250 Fashion-MNIST items (1,000 test images, about +-1.3 points): 20 epochs with crop scale
     0.35-1 gave 79.6 % at lr 0.05 and 79.5 % at lr 0.02; the recipe's 0.08-1 crops gave 76.5 %
     (lr 0.05, 20 epochs) and 78.5 % (lr 0.02, 30 epochs). On 256 digit images at 64 px, 10 epochs,
     lr 0.05 reached 88 % where lr 0.02 (without drop-path) reached 65 %.
     """
 
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 0.05
+    epochs: int = defaults.FINETUNE_EPOCHS
+    batch_size: int = defaults.FINETUNE_BATCH_SIZE
+    learning_rate: float = defaults.FINETUNE_LR
     warmup_epochs: float = 2.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
@@ -65,9 +68,9 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     clip_grad_norm: float | None = 2.0
     drop_path_rate: float = 0.1
-    image_size: int = 128
+    image_size: int = defaults.FINETUNE_IMAGE_SIZE
     crop_scale: tuple[float, float] = (0.35, 1.0)
-    seed: int = 0
+    seed: int = defaults.FINETUNE_SEED
     num_workers: int = 0
     amp: bool = True
 
