@@ -21,6 +21,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` (file or folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     target = staging / path.name
     try:
@@ -33,6 +34,14 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete what a killed writer of ``path`` left half-done: its staging folders beside it, and
+    temporary files inside it. Safe because one writer at a time holds the project (the lock)."""
+    path = Path(path)
+    for leftover in [*path.parent.glob(f".{path.name}.*"), *(path.glob(".*.tmp-*") if path.is_dir() else ())]:
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 
 def write_json(path: Path, payload: Any) -> None:

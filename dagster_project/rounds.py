@@ -170,6 +170,7 @@ def _copy_round(root: Path, number: int) -> None:
     target = round_dir(root, number)
     if target.exists():
         raise ValueError(f"{target} exists already: the ledger and {ROUNDS_DIR}/ disagree")
+    artifacts.remove_leftovers(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for path, name in _frozen_sources(root, number):

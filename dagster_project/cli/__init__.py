@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -17,6 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Failures of the machine rather than of the code: reported in one line, not as a traceback.
+_ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -24,3 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"bilaf {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in _ENVIRONMENT_ERRORS:
+            raise
+        print(f"bilaf {args.command}: error: {error}; the last finished outputs are unchanged", file=sys.stderr)
+        return 1

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from dagster_project.artifacts import remove_leftovers
 from dagster_project.lock import project_lock
 from dagster_project.stages import STAGES, run_stage
 
@@ -88,6 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     params = project.params()  # invalid parameters stop here, before any compute
     check_budget(project.paths, params)
     with project_lock(root, "bilaf run"), dg.DagsterInstance.get() as instance:
+        for stage in STAGES:
+            remove_leftovers(project.paths.output(stage))
         running = refresh_in_flight(instance)
         if running is not None:
             raise ValueError(f"Dagster run {running.dagster_run.run_id} of this project is "

@@ -102,6 +102,16 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
               group_name=spec.group, code_version=spec.code_version(), pool=WRITER_POOL)
     def _materialize(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
+        from dagster_project.defs.planning import reusable_materialization
+
+        previous = reusable_materialization(context.instance, project.paths, spec.name)
+        if previous is not None:
+            context.log.info(f"{spec.name}: code, output and every input unchanged since run {previous.run_id}: "
+                             "reused, not recomputed")
+            return dg.MaterializeResult(
+                data_version=dg.DataVersion(previous.asset_materialization.tags["dagster/data_version"]),
+                metadata={**previous.asset_materialization.metadata,
+                          "reused_from_run": dg.MetadataValue.text(previous.run_id)})
         params = project.params()
         tags = _lineage_tags(project, params, spec)
         with mlflow.asset_run(context, spec.name, tags) as tracked:

@@ -89,15 +89,16 @@ def configured_source_fingerprint(section: DataParams) -> str:
     return digest.hexdigest()[:16]
 
 
-def dvc_changes(paths: ProjectPaths) -> dict[str, str]:
-    """What `dvc status` says differs from dvc.lock and the .dvc files: {stage or .dvc file: what}.
+def dvc_changes(paths: ProjectPaths, *targets: str) -> dict[str, str]:
+    """What `dvc status` says differs from dvc.lock and the .dvc files: {stage or .dvc file: what}
+    (of ``targets`` only, when given).
 
     The planner adds these, so that `bilaf run` and `dvc status` never disagree: an output deleted
     or edited by hand, a source folder changed in place, a code folder edited.
     """
     if not dvc.is_dvc_project(paths.root):
         return {}
-    report = json.loads(dvc.run_dvc(paths.root, "status", "--json") or "{}")
+    report = json.loads(dvc.run_dvc(paths.root, "status", "--json", *targets) or "{}")
     changes = {}
     for name, entries in report.items():
         parts = []
@@ -161,6 +162,23 @@ def _stale_reason(instance: dg.DagsterInstance, paths: ProjectPaths, stage: str,
         if key in changed or tags.get(INPUT_VERSION_TAG.format(key.to_user_string())) != versions[key]:
             return f"{key.to_user_string()} changed"
     return None
+
+
+def reusable_materialization(instance: dg.DagsterInstance, paths: ProjectPaths, stage: str):
+    """The stage's last materialization when nothing it depends on changed since: the same code,
+    its output still there, and every input (params sections, sources, upstream stages) at the
+    version that materialization recorded. A run that re-observed a source which turned out
+    unchanged (a sync that added nothing, an unreadable file dropped in the source folder) then
+    reuses the stage instead of recomputing it. None when the stage must run."""
+    versions = {key: (record or {}).get("version")
+                for key, record in ((key, observed(instance, key)) for key in _source_keys())}
+    if _stale_reason(instance, paths, stage, versions, set(), {}) is not None or dvc_changes(paths, stage):
+        return None
+    return instance.get_latest_materialization_event(dg.AssetKey(stage))
+
+
+def _source_keys() -> list[dg.AssetKey]:
+    return [*(params_key(section) for section in Params.section_names()), POOL_KEY, LABELS_KEY]
 
 
 def refresh_in_flight(instance: dg.DagsterInstance) -> dg.RunRecord | None:

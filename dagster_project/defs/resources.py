@@ -96,15 +96,19 @@ class MlflowResource(dg.ConfigurableResource):
         return mlflow.MlflowClient(tracking_uri=self.resolved_tracking_uri())
 
     def _experiment_id(self, client) -> str:
+        """The experiment, created on first use; in the embedded store, its artifact root is
+        resolved from the project folder now, so a copied or moved project writes into itself."""
+        embedded = self.resolved_tracking_uri().startswith("sqlite:")
+        location = (Path(self.root).resolve() / "mlflow" / "artifacts").as_uri() if embedded else None
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = None
-        if self.resolved_tracking_uri().startswith("sqlite:"):
-            location = (Path(self.root).resolve() / "mlflow" / "artifacts").as_uri()
-        # MLflow 3 opens an experiment without this tag in its GenAI view; ours trains models.
-        return client.create_experiment(EXPERIMENT_NAME, artifact_location=location,
-                                        tags={"mlflow.experimentKind": "custom_model_development"})
+        if experiment is None:
+            # MLflow 3 opens an experiment without this tag in its GenAI view; ours trains models.
+            return client.create_experiment(EXPERIMENT_NAME, artifact_location=location,
+                                            tags={"mlflow.experimentKind": "custom_model_development"})
+        if embedded and experiment.artifact_location != location:
+            relocate_artifact_root(Path(self.resolved_tracking_uri().removeprefix("sqlite:///")),
+                                   experiment.artifact_location, location)
+        return experiment.experiment_id
 
     def _parent_run_id(self, client, experiment_id: str, dagster_run_id: str, job_name: str) -> str:
         existing = client.search_runs([experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' "
@@ -139,6 +143,30 @@ class MlflowResource(dg.ConfigurableResource):
         client.set_terminated(parent_id, "FINISHED")
 
 
+# Where MLflow 3.17's SQL store keeps artifact locations (the tracking API cannot change them).
+_ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "source"),
+                     ("model_versions", "storage_location"))
+
+
+def relocate_artifact_root(database: Path, old: str, new: str) -> None:
+    """Point every artifact location under ``old`` at ``new`` in an embedded (SQLite) MLflow store.
+
+    MLflow resolves local artifact roots to absolute paths when it creates an experiment; after the
+    project folder was copied or moved they still name the original folder, and new runs would
+    write there. Rewriting the prefix makes the store name its own folder again (the artifacts
+    moved with it). MLflow has no API for this, hence the SQL, kept to the pinned version's schema.
+    """
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in _ARTIFACT_COLUMNS:
+            if table in tables:
+                connection.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                   f"WHERE substr({column}, 1, ?) = ?", (new, len(old) + 1, len(old), old))
+
+
 class AssetRunLogger:
     """Thin helper over one MLflow run id (explicit client calls, no global fluent state)."""
 
@@ -169,10 +197,22 @@ class AssetRunLogger:
         example = np.zeros((1, 3, metadata.image_size, metadata.image_size), dtype=np.float32)
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={_version('timm')}",
                         f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+        # mlflow.pytorch logs through the fluent API, whose tracking URI is process-wide and exported
+        # to MLFLOW_TRACKING_URI: set it for this call only, so nothing started later (another project's
+        # run, a subprocess) inherits this project's store.
+        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+        previous_uri = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.client.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=requirements,
-                                     metadata={"classes": metadata.classes, "backbone": metadata.backbone})
+        try:
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=requirements,
+                                         metadata={"classes": metadata.classes, "backbone": metadata.backbone})
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

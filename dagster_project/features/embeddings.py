@@ -23,6 +23,8 @@ import hashlib
 import io
 import json
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dagster_project import defaults
+from dagster_project.artifacts import remove_leftovers
 from dagster_project.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from dagster_project.features.datasets import PoolDataset, build_transform
 from dagster_project.features.pool import MANIFEST_NAME, read_manifest
@@ -128,10 +131,22 @@ class _ShardCache:
         return sorted(self.directory.glob("shard-*.npz"))
 
     def cached_ids(self) -> set[str]:
+        """Ids of every readable shard. A shard that cannot be read whole (truncated, garbled: zip
+        CRC) is set aside as ``*.corrupt`` with a warning, and its items are embedded again."""
         cached: set[str] = set()
         for shard in self.shards():
-            with np.load(shard) as content:
-                cached.update(content["ids"].tolist())
+            try:
+                with np.load(shard) as content:
+                    ids, features = content["ids"], content["features"]
+                if features.shape[0] != len(ids):
+                    raise ValueError(f"{len(ids)} ids but {features.shape[0]} feature rows")
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                quarantined = shard.with_suffix(".corrupt")
+                os.replace(shard, quarantined)
+                warnings.warn(f"embedding cache shard {shard} is unreadable ({type(error).__name__}: {error}); "
+                              f"moved to {quarantined.name}, its items are embedded again", stacklevel=2)
+                continue
+            cached.update(ids.tolist())
         return cached
 
     def write(self, ids: list[str], features: np.ndarray) -> None:
@@ -270,6 +285,8 @@ def embed_pool(data_dir: Path, out_dir: Path, *, backbone: str = DEFAULT_BACKBON
     }
     cache_root = Path(cache_dir) if cache_dir is not None else out_dir.parent / "embedding_cache"
     cache = _ShardCache(cache_root / config_hash[:16], config)
+    remove_leftovers(out_dir)  # what a killed run half-wrote; the finished files are all still there
+    remove_leftovers(cache.directory)
 
     cached = cache.cached_ids()
     missing = [item_id for item_id in ids if item_id not in cached]
