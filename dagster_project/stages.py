@@ -227,8 +227,15 @@ def _run_embeddings(paths: ProjectPaths, params: Params) -> StageOutcome:
         paths.data, paths.output("embeddings"), backbone=section.backbone, weights=section.weights,
         image_size=section.image_size, batch_size=section.batch_size, cache_dir=paths.embedding_cache,
     )
-    return StageOutcome(metrics=_numeric(dataclasses.asdict(info)),
+    unreadable = pool_unreadable(paths)
+    return StageOutcome(metrics={**_numeric(dataclasses.asdict(info)), "pool_unreadable_files": len(unreadable)},
                         metadata={"backbone": section.backbone, "weights": section.weights})
+
+
+def pool_unreadable(paths: ProjectPaths) -> list[dict[str, str]]:
+    """The files the pool's last sync or ingest could not read (origin and reason), from its report."""
+    report = paths.data / "pool_report.json"
+    return artifacts.read_json(report)["unreadable"] if report.is_file() else []
 
 
 def _run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:

@@ -122,8 +122,14 @@ def _summary(paths) -> str:
     from dagster_project import artifacts
     from dagster_project.stages import RoundKnowledge
 
+    from dagster_project.stages import pool_unreadable
+
     known = RoundKnowledge.load(paths)
     parts = [f"Round {known.round}: {len(known.labeled)} labeled, {len(known.pending)} pending."]
+    unreadable = pool_unreadable(paths)
+    if unreadable:
+        parts.append(f"{len(unreadable)} unreadable file(s) skipped in the pool, e.g. {unreadable[0]['origin']}: "
+                     f"{unreadable[0]['reason']} (all in data/pool_report.json).")
     metrics = paths.output("evaluation") / "metrics.json"
     model = artifacts.read_json(paths.output("finetuned_model") / "round.json")
     if not model.get("trained"):

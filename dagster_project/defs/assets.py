@@ -55,12 +55,20 @@ def _params_source(section: str) -> dg.SourceAsset:
 @dg.observable_source_asset(key=POOL_KEY, group_name=SOURCES_GROUP,
                             description="The image pool (data/): the configured source synced in, plus every "
                                         "folder `bilaf ingest` added. Only grows; versioned by content.")
-def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource) -> dg.ObserveResult:
+def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource,
+                mlflow: MlflowResource) -> dg.ObserveResult:
     from dagster_project.defs.planning import configured_source_fingerprint
 
     params = project.params()
-    report = sync_configured_pool(project.paths, params)
-    dvc_hash = dvc.track_source(SOURCE_PATHS["pool"])
+    with mlflow.asset_run(context, "pool", {"git_commit": _git_commit(project.paths.root)}) as tracked:
+        report = sync_configured_pool(project.paths, params)
+        dvc_hash = dvc.track_source(SOURCE_PATHS["pool"])
+        tracked.set_tags({"data_version": dvc_hash, "pool_version": report.version})
+        tracked.log_params(params.section("data"), prefix="data.")
+        tracked.log_metrics({"items": sum(report.items.values()), "added": report.num_added,
+                             "duplicates": len(report.duplicates), "unreadable": len(report.unreadable),
+                             "ignored": len(report.ignored)})
+        tracked.log_artifact(project.paths.data / "pool_report.json")
     if report.unreadable:
         context.log.warning(f"{len(report.unreadable)} unreadable file(s) skipped, e.g. "
                             + "; ".join(f"{u['origin']}: {u['reason']}" for u in report.unreadable[:3]))
@@ -142,7 +150,12 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
 def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec) -> dict[str, str]:
     from dagster_project.dvc import tracked_hash
 
-    tags = {"git_commit": _git_commit(project.paths.root), "backbone": params.features.backbone}
+    import torch
+
+    # What varies across machines: float results depend on the thread count and the CPU's kernels.
+    tags = {"git_commit": _git_commit(project.paths.root), "backbone": params.features.backbone,
+            "torch_threads": str(torch.get_num_threads()), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_version": torch.__version__}
     tags.update({f"params_hash:{section}": params.section_hash(section) for section in lineage_params(spec.name)})
     for source, folder in SOURCE_PATHS.items():
         recorded = tracked_hash(project.paths.root, folder)

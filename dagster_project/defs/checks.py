@@ -28,6 +28,18 @@ def embeddings_complete_and_finite(project: ProjectResource) -> dg.AssetCheckRes
     )
 
 
+@dg.asset_check(asset="embeddings", description="Every file of the pool's sources could be read (warns, with "
+                                                   "the files and reasons, when some were skipped).")
+def pool_files_are_readable(project: ProjectResource) -> dg.AssetCheckResult:
+    from dagster_project.stages import pool_unreadable
+
+    unreadable = pool_unreadable(project.paths)
+    return dg.AssetCheckResult(
+        passed=not unreadable, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"unreadable": len(unreadable),
+                  "examples": "; ".join(f"{entry['origin']}: {entry['reason']}" for entry in unreadable[:5])})
+
+
 def _selection(project: ProjectResource) -> pd.DataFrame:
     return pd.read_csv(project.paths.output("boundary_set") / "selection.csv", dtype={"id": str})
 
@@ -85,5 +97,5 @@ def selection_avoids_labeled_and_pending(project: ProjectResource) -> dg.AssetCh
                                          "examples": ", ".join([*labeled, *pending][:5])})
 
 
-ASSET_CHECKS = [embeddings_complete_and_finite, selection_size_equals_budget, selection_has_no_duplicates,
+ASSET_CHECKS = [embeddings_complete_and_finite, pool_files_are_readable, selection_size_equals_budget, selection_has_no_duplicates,
                 selection_ids_exist_in_pool, selection_includes_every_core, selection_avoids_labeled_and_pending]

@@ -240,3 +240,59 @@ def test_a_copied_project_runs_in_its_own_folder_and_leaves_the_original_untouch
     database = sqlite3.connect(copy_root / "mlflow" / "mlflow.db")
     uris = [row[0] for row in database.execute("SELECT artifact_uri FROM runs")]
     assert uris and all(str(copy_root) in uri for uri in uris)
+
+
+def test_an_unreadable_file_in_the_source_is_reported_everywhere_and_reruns_nothing(tmp_path, capsys):
+    from dagster_project.features.sources import fashion_mnist_source
+
+    source = fashion_mnist_source()
+    chosen = ([i for i, record in enumerate(source.records) if record.split == "train"][:150]
+              + [i for i, record in enumerate(source.records) if record.split == "test"][:40])
+    photos = tmp_path / "photos"
+    for index in chosen:
+        record = source.records[index]
+        folder = photos / record.split / f"class-{record.label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        source.load(index).save(folder / f"{index}.png")
+    (photos / "README.md").write_text("our photos\n")  # beside train/ and test/: ignored, not unreadable
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    params["data"].update(source="image-folder", root=str(photos), train_size=None, test_size=None)
+    params["features"].update(image_size=32, batch_size=64)
+    params["core"]["n_cores"] = params["boundary"]["budget"] = 20
+    params["finetune"].update(epochs=1, image_size=32, batch_size=10)
+    (tmp_path / "project").mkdir()
+    root = make_project(tmp_path / "project", params)
+    saved = {key: os.environ.get(key) for key in ("DAGSTER_HOME", "BILAF_PROJECT_DIR")}
+    os.environ.update(DAGSTER_HOME=str(root / ".dagster_home"), BILAF_PROJECT_DIR=str(root))
+    try:
+        assert bilaf(["run", "--project", str(root)]) == 0
+        assert "unreadable" not in capsys.readouterr().out
+        (photos / "train" / "class-0" / "broken.png").write_bytes(b"not a png at all")
+        assert "pool" in _planned(root)
+        assert bilaf(["run", "--project", str(root)]) == 0
+        assert "1 unreadable file(s) skipped in the pool, e.g. folder:" in capsys.readouterr().out
+        with dg.DagsterInstance.get() as instance:
+            pool = instance.fetch_observations(dg.AssetKey("pool"), limit=1).records[0].asset_observation
+            assert pool.metadata["unreadable"].value == 1
+            reused = instance.get_latest_materialization_event(dg.AssetKey("core_centers"))
+            assert "reused_from_run" in reused.asset_materialization.metadata  # the content did not change
+            latest = instance.get_runs(limit=1)[0].run_id
+            checks = {record.dagster_event.event_specific_data.asset_check_key.name:
+                      record.dagster_event.event_specific_data
+                      for record in instance.all_logs(latest, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)}
+        readable = checks["pool_files_are_readable"]
+        assert not readable.passed and readable.severity == dg.AssetCheckSeverity.WARN
+        assert "broken.png" in readable.metadata["examples"].value
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("bilaf").experiment_id],
+                                  "tags.asset_key = 'pool'", order_by=["attributes.start_time DESC"], max_results=1)
+        assert runs[0].data.metrics["unreadable"] == 1
+        _assert_up_to_date(root)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

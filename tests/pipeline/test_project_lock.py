@@ -20,3 +20,17 @@ def test_a_second_writer_is_refused_naming_the_first_and_writes_nothing(tmp_path
     assert (tmp_path / LOCK_NAME).read_text() == ""  # released, and says so
     assert bilaf(["ingest", str(folder), "--project", str(tmp_path)]) == 0
     assert (tmp_path / "data" / "manifest.csv").is_file()
+
+
+def test_every_stage_step_is_in_the_one_writer_pool_of_the_instance(tmp_path, monkeypatch):
+    import yaml
+
+    from dagster_project.defs.assets import STAGE_ASSETS, WRITER_POOL
+    from dagster_project.defs.planning import project_dagster_home
+
+    assert {asset.op.pool for asset in STAGE_ASSETS} == {WRITER_POOL}
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = project_dagster_home(tmp_path)
+    assert home == tmp_path / ".dagster_home"
+    settings = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert settings["concurrency"]["pools"]["default_limit"] == 1 and settings["telemetry"]["enabled"] is False
