@@ -136,8 +136,7 @@ class Params(BaseModel):
 
     def section_hash(self, name: str) -> str:
         """Stable hash of one section: the Dagster data version of its parameters."""
-        canonical = json.dumps(self.section(name), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return section_hash_of(self.section(name))
 
     @classmethod
     def section_names(cls) -> tuple[str, ...]:
@@ -148,6 +147,17 @@ class Params(BaseModel):
         if self.boundary.budget > train_items:
             raise ValueError(f"params: boundary.budget ({self.boundary.budget}) must not exceed the {train_items} "
                              f"train items of the pool ({self.data.source} at {self.data.root or 'its default place'})")
+
+
+def section_hash_of(values: Mapping[str, Any]) -> str:
+    """The hash of one section's values (as `Params.section_hash` computes it)."""
+    canonical = json.dumps(dict(values), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def validated_section(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """One section's values checked on their own (no cross-section rules), with types restored."""
+    return Params.model_fields[name].annotation.model_validate(dict(values)).model_dump()
 
 
 def params_from_mapping(raw: Mapping[str, Any] | None) -> Params:

@@ -14,9 +14,10 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from dagster_project.defs.assets import DATA_SOURCES, PARAMS_SOURCES, STAGE_ASSETS
 from dagster_project.defs.checks import ASSET_CHECKS
-from dagster_project.defs.resources import DvcResource, MlflowResource, ProjectResource, default_project_dir
+from dagster_project.defs.resources import DvcResource, ProjectResource, default_project_dir
 from dagster_project.defs.schedules import nightly_refresh
-from dagster_project.defs.sensors import refresh_sensor
+from dagster_project.defs.sensors import mlflow_parent_failed, mlflow_parent_finished, refresh_sensor
+from dagster_project.defs.tracking import MlflowResource
 
 
 def build_definitions(project_dir: str | None = None) -> dg.Definitions:
@@ -24,7 +25,7 @@ def build_definitions(project_dir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[*PARAMS_SOURCES, *DATA_SOURCES, *STAGE_ASSETS],
         asset_checks=ASSET_CHECKS,
-        sensors=[refresh_sensor],
+        sensors=[refresh_sensor, mlflow_parent_finished, mlflow_parent_failed],
         schedules=[nightly_refresh],
         resources={
             "project": ProjectResource(root=root),

@@ -57,3 +57,61 @@ def tracked_hash(root: Path, target: str) -> str | None:
     if not dvc_file.is_file():
         return None
     return md5_of(yaml.safe_load(dvc_file.read_text())["outs"][0])
+
+
+def _store_roots(root: Path) -> list[Path]:
+    """Where DVC keeps objects: the project's cache, then its default remote if that is a folder."""
+    import configparser
+
+    root = Path(root)
+    stores = [root / ".dvc" / "cache"]
+    config = configparser.ConfigParser()
+    config.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
+    remote = config.get("core", "remote", fallback=None)
+    # DVC writes the section as ['remote "name"'] (quotes included), hand-written configs as [remote "name"].
+    url = next((config.get(section, "url") for section in (f"'remote \"{remote}\"'", f'remote "{remote}"')
+                if remote and config.has_option(section, "url")), None)
+    if url and "://" not in url:
+        stores.append((root / ".dvc" / url).resolve())
+    return stores
+
+
+def has_remote(root: Path) -> bool:
+    """Whether the project names a default DVC remote."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
+    return config.get("core", "remote", fallback=None) is not None
+
+
+def find_object(root: Path, md5: str) -> Path | None:
+    """The stored object of a file or folder (``<md5>.dir``) hash, in the cache or the local remote."""
+    name = md5.removesuffix(".dir")
+    for store in _store_roots(root):
+        path = store / "files" / "md5" / name[:2] / (name[2:] + (".dir" if md5.endswith(".dir") else ""))
+        if path.is_file():
+            return path
+    return None
+
+
+def restore(root: Path, md5: str, target: Path, only: set[str] | None = None) -> None:
+    """Copy the version ``md5`` of a DVC-tracked file or folder from the store into ``target``
+    (only the relative paths in ``only``, for a folder, when given). ValueError when the version
+    is no longer stored (was `dvc gc` run?)."""
+    import json
+    import shutil
+
+    listing = find_object(root, md5)
+    if listing is None:
+        raise ValueError(f"DVC version {md5} is in neither the cache nor the default remote of {root} "
+                         "(was `dvc gc` run, or the remote not pulled?)")
+    target = Path(target)
+    if not md5.endswith(".dir"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(listing, target)
+        return
+    for entry in json.loads(listing.read_text()):
+        if only is not None and entry["relpath"] not in only:
+            continue
+        restore(root, entry["md5"], target / entry["relpath"])

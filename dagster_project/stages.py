@@ -56,11 +56,11 @@ class ProjectPaths:
 
 @dataclasses.dataclass
 class StageOutcome:
-    """What a stage reports: numbers (MLflow metrics, Dagster metadata), text, files to log."""
+    """What a stage reports: numbers (MLflow metrics, Dagster metadata), text, and the pictures shown
+    in Dagster's metadata (MLflow gets the whole output)."""
 
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
-    files: list[Path] = dataclasses.field(default_factory=list)
     plots: list[Path] = dataclasses.field(default_factory=list)
 
 
@@ -330,7 +330,7 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
         metrics={"selected": len(records), "cores": roles.count("core"), "boundary": roles.count("boundary"),
                  "unique": len({record["id"] for record in records}), "round": known.round},
         metadata={"round": known.round, "strategy": strategy},
-        files=[final / "selection.csv", final / "selection.json"], plots=[final / "projection.png"],
+        plots=[final / "projection.png"],
     )
 
 
@@ -366,12 +366,10 @@ def _run_annotation_batch(paths: ProjectPaths, params: Params) -> StageOutcome:
         artifacts.write_json(out / rounds.ROUND_MARKER,
                              {"round": known.round, "inputs": {"pool_version": known.pool_version,
                                                                "labels_version": known.labels_version}})
-    final = paths.output("annotation_batch")
     return StageOutcome(
         metrics={"to_annotate": len(rows), "training_labels": len(training), "revealed": len(revealed),
                  "pending_from_earlier_rounds": len(known.pending), "round": known.round},
         metadata={"round": known.round, "labels": known.labels_mode},
-        files=[final / rounds.ISSUED_BATCH_NAME, final / "label_studio_tasks.json", final / "labels.csv"],
     )
 
 
@@ -403,13 +401,11 @@ def _run_finetuned_model(paths: ProjectPaths, params: Params) -> StageOutcome:
         artifacts.write_json(out / "history.json", [{"epoch": epoch.epoch, "loss": epoch.loss, "lr": epoch.lr}
                                                     for epoch in result.history])
         artifacts.write_json(out / rounds.ROUND_MARKER, {"round": round_number, "trained": True})
-    final = paths.output("finetuned_model")
     last = result.history[-1]
     return StageOutcome(
         metrics={"train_items": len(labeled.train_paths), "classes": len(labeled.classes),
                  "final_loss": last.loss, "images_per_second": last.images_per_second, "round": round_number},
         metadata={"round": round_number, "trained": True},
-        files=[final / "history.json"],
     )
 
 
@@ -459,7 +455,7 @@ def _run_evaluation(paths: ProjectPaths, params: Params) -> StageOutcome:
     return StageOutcome(metrics={**{f"{name}_top1": metrics.accuracy for name, metrics in results.items()},
                                  "round": round_number},
                         metadata={"round": round_number, "trained": True},
-                        files=[final / "metrics.json"], plots=[final / "confusion.png"])
+                        plots=[final / "confusion.png"])
 
 
 def _waiting(output: Path, round_number: int | None, reason: str) -> StageOutcome:

@@ -1,5 +1,6 @@
 """`bilaf stage NAME` (one stage, as DVC runs it), `bilaf run` (observe, then materialize what
-changed), `bilaf rounds` (every round so far) and `bilaf lineage ID` (why an image was selected)."""
+changed), `bilaf rounds` (every round so far), `bilaf explain ID` (why an image was picked, or not, in
+every round, verified against its records) and `bilaf reproduce RUN` (re-run a recorded selection)."""
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     listing.set_defaults(handler=_rounds)
 
-    lineage = subparsers.add_parser("lineage", help="why an image was selected: data, backbone, params, code, run")
-    lineage.add_argument("id", help="the item id (content hash) as in artifacts/boundary_set/selection.csv")
-    lineage.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
-    lineage.set_defaults(handler=_lineage)
+    explain = subparsers.add_parser(
+        "explain", help="why an image was picked (or not) in every round: data, labels, backbone, params, code, runs",
+        description="Every selection version that picked the item, with its exact inputs, each read from the MLflow "
+                    "run that recorded it and verified (artifact hashes, parameters, Dagster run, DVC version).")
+    explain.add_argument("id", help="the item id (content hash), as in data/manifest.csv")
+    explain.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    explain.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
+    explain.set_defaults(handler=_explain)
+
+    reproduce = subparsers.add_parser(
+        "reproduce", help="re-run a recorded selection from its recorded inputs and compare the picks",
+        description="RUN is the MLflow run id of a boundary_set materialization (see `bilaf explain`). Its inputs "
+                    "are restored from DVC at their recorded versions into a scratch folder and the selection "
+                    "stages run there with today's code.")
+    reproduce.add_argument("run_id", metavar="RUN")
+    reproduce.add_argument("--scratch", type=Path, default=None, help="where to re-run (default: a new temp folder)")
+    reproduce.add_argument("--json", action="store_true")
+    reproduce.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
+    reproduce.set_defaults(handler=_reproduce)
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -45,13 +61,55 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lineage(args: argparse.Namespace) -> int:
+def _explain(args: argparse.Namespace) -> int:
     import json
 
-    from dagster_project.lineage import explain_selection
+    from dagster_project.defs.planning import project_dagster_home
+    from dagster_project.lineage import explain
 
-    print(json.dumps(explain_selection(args.id, args.project), indent=2, default=str))
+    project_dagster_home(args.project.resolve())
+    report = explain(args.id, args.project)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for pick in report["picked"]:
+        inputs = pick["inputs"]
+        how = (f"cluster of core {pick['cluster_core']}" if pick["cluster_core"] else
+               f"class {pick['predicted_class']}" if pick["predicted_class"] else pick["role"])
+        score = ", ".join(f"{name} {pick[name]:.4f}" for name in ("boundary_score", "penalty_factor", "margin")
+                          if pick[name] is not None)
+        rival = f", rival {pick['rival_core'] or pick['rival_class']}" if pick["rival_core"] or pick["rival_class"] else ""
+        print(f"round {pick['round']} ({pick['date']}): {pick['role']} pick, rank {pick['rank']}, {how}{rival}"
+              + (f"; {score}" if score else ""))
+        print(f"  pool {inputs['pool_version']} (dvc {inputs['pool_dvc_md5']}), labels {inputs['labels_version']}, "
+              f"{inputs['labeled_before']} labeled and {inputs['pending_before']} pending before")
+        print(f"  backbone {inputs['backbone']['backbone']} weights sha256 {inputs['backbone']['weights_sha256'][:16]}..,"
+              f" code {inputs['code_version']}, git {inputs['git_commit'][:12]} ({inputs['git_code_diff'][:12]})")
+        print("  parameters: " + "; ".join(f"{section} " + ", ".join(f"{k}={v}" for k, v in values.items())
+                                            for section, values in inputs["parameters"].items()))
+        print(f"  Dagster run {inputs['dagster_run_id']}, MLflow run {inputs['mlflow_run_id']} (verified)")
+    for entry in report.get("not_picked", []):
+        print(f"round {entry['round']}: not picked: {entry['why']} (MLflow run {entry['mlflow_run_id']})")
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import json
+
+    from dagster_project.defs.planning import project_dagster_home
+    from dagster_project.lineage import reproduce
+
+    project_dagster_home(args.project.resolve())
+    report = reproduce(args.run_id, args.project, args.scratch)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        verdict = "identical" if report["identical"] else f"{report['picks_differing']} of {report['picks']} differ"
+        code = " (the code changed since: " + f"{report['recorded_code_version']} -> {report['current_code_version']})" \
+            if report["code_changed"] else ""
+        print(f"round {report['round']}, MLflow run {args.run_id}: re-run in {report['scratch']}: "
+              f"{report['picks']} picks, {verdict}{code}")
+    return 0 if report["identical"] else 1
 
 
 def _rounds(args: argparse.Namespace) -> int:
@@ -80,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
+    from dagster_project.defs.tracking import close_abandoned_runs, process_tags
     from dagster_project.stages import check_budget
 
     root = args.project.resolve()
@@ -91,6 +150,8 @@ def _run(args: argparse.Namespace) -> int:
     with project_lock(root, "bilaf run"), dg.DagsterInstance.get() as instance:
         for stage in STAGES:
             remove_leftovers(project.paths.output(stage))
+        for run_id in close_abandoned_runs(instance, defs.resources["mlflow"]):
+            print(f"Run {run_id} was killed before it finished: marked FAILED in Dagster and MLflow.")
         running = refresh_in_flight(instance)
         if running is not None:
             raise ValueError(f"Dagster run {running.dagster_run.run_id} of this project is "
@@ -106,8 +167,9 @@ def _run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=plan.asset_keys, raise_on_error=False,
-            tags={"bilaf/trigger": "cli", "bilaf/round": str(round_number)},
+            tags={"bilaf/trigger": "cli", "bilaf/round": str(round_number), **process_tags()},
         )
+        defs.resources["mlflow"].finish_dagster_run(result.run_id, result.success)
         elapsed = time.perf_counter() - started
     if not result.success:
         print(f"Run {result.run_id} failed after {elapsed:.0f} s:\n" + "\n".join(_failures(result)))

@@ -12,20 +12,22 @@ DVC hash of its output.
 """
 
 import base64
+import hashlib
 import subprocess
 from pathlib import Path
 
 import dagster as dg
 
 from dagster_project.config import Params
-from dagster_project.defs.resources import DvcResource, MlflowResource, ProjectResource
+from dagster_project.defs.resources import DvcResource, ProjectResource
+from dagster_project.defs.tracking import MlflowResource
 from dagster_project.stages import (SOURCE_PATHS, STAGES, StageOutcome, StageSpec, imported_labels, labels_version,
                                     lineage_params, run_stage, sync_configured_pool)
 
 PARAMS_GROUP = "parameters"
 SOURCES_GROUP = "sources"
 # Every stage writes into the one project folder: one step at a time across all runs
-# (the instance's concurrency pool limit, see dagster_project.instance).
+# (the instance's concurrency pool limit, see defs.planning.INSTANCE_CONFIG).
 WRITER_POOL = "bilaf_project"
 SOURCE_FINGERPRINT = "source_fingerprint"
 POOL_KEY = dg.AssetKey("pool")
@@ -59,8 +61,10 @@ def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc
                 mlflow: MlflowResource) -> dg.ObserveResult:
     from dagster_project.defs.planning import configured_source_fingerprint
 
+    from dagster_project.features import read_manifest
+
     params = project.params()
-    with mlflow.asset_run(context, "pool", {"git_commit": _git_commit(project.paths.root)}) as tracked:
+    with mlflow.asset_run(context, "pool", code_provenance(project.paths.root)) as tracked:
         report = sync_configured_pool(project.paths, params)
         dvc_hash = dvc.track_source(SOURCE_PATHS["pool"])
         tracked.set_tags({"data_version": dvc_hash, "pool_version": report.version})
@@ -69,6 +73,8 @@ def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc
                              "duplicates": len(report.duplicates), "unreadable": len(report.unreadable),
                              "ignored": len(report.ignored)})
         tracked.log_artifact(project.paths.data / "pool_report.json")
+        tracked.log_artifact(project.paths.data / "manifest.csv")
+        tracked.log_pool(read_manifest(project.paths.data), report.version, project.paths.data)
     if report.unreadable:
         context.log.warning(f"{len(report.unreadable)} unreadable file(s) skipped, e.g. "
                             + "; ".join(f"{u['origin']}: {u['reason']}" for u in report.unreadable[:3]))
@@ -121,65 +127,93 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
                 metadata={**previous.asset_materialization.metadata,
                           "reused_from_run": dg.MetadataValue.text(previous.run_id)})
         params = project.params()
-        tags = _lineage_tags(project, params, spec)
-        with mlflow.asset_run(context, spec.name, tags) as tracked:
+        with mlflow.asset_run(context, spec.name, _lineage_tags(project, params, spec)) as tracked:
+            _log_code_diff(tracked, project.paths.root)
             outcome = run_stage(spec.name, project.paths.root, params)
             output_hash = dvc.commit_stage(spec.name)
-            input_hashes = dvc.dependency_hashes(spec.name)
-            run_tags = {"dvc_md5": output_hash, "code_version": spec.code_version(),
-                        **{f"dvc_input:{path}": md5 for path, md5 in input_hashes.items()
-                           if not path.startswith("dagster_project")}}
-            if "round" in outcome.metadata:
-                run_tags["round"] = str(outcome.metadata["round"])
-            tracked.set_tags(run_tags)
+            tracked.set_tags({"dvc_md5": output_hash,
+                              **{f"dvc_input:{path}": md5 for path, md5 in dvc.dependency_hashes(spec.name).items()
+                                 if not path.startswith("dagster_project")},
+                              **({"round": str(outcome.metadata["round"])} if "round" in outcome.metadata else {})})
             for section in lineage_params(spec.name):
                 tracked.log_params(params.section(section), prefix=f"{section}.")
             tracked.log_metrics(outcome.metrics)
-            for path in [*outcome.files, *outcome.plots]:
-                tracked.log_artifact(path)
+            tracked.log_output(project.paths.output(spec.name))
+            if "pool" in spec.sources:
+                from dagster_project.features import pool_version, read_manifest
+
+                tracked.log_pool(read_manifest(project.paths.data), pool_version(project.paths.data),
+                                 project.paths.data)
             if spec.name == "finetuned_model" and outcome.metadata.get("trained"):
-                tracked.log_pytorch_model(project.paths.output(spec.name))
+                outcome.metadata["registered_model_version"] = tracked.log_pytorch_model(
+                    project.paths.output(spec.name), outcome.metadata.get("round"))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(output_hash),
-            metadata=_metadata(project, spec, outcome, output_hash, tracked.run_id),
+            metadata=_metadata(project, spec, outcome, output_hash, tracked),
         )
 
     return _materialize
 
 
 def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec) -> dict[str, str]:
-    from dagster_project.dvc import tracked_hash
-
     import torch
 
+    from dagster_project.dvc import tracked_hash
+
     # What varies across machines: float results depend on the thread count and the CPU's kernels.
-    tags = {"git_commit": _git_commit(project.paths.root), "backbone": params.features.backbone,
-            "torch_threads": str(torch.get_num_threads()), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch_version": torch.__version__}
+    tags = {**code_provenance(project.paths.root), "code_version": spec.code_version(),
+            "backbone": params.features.backbone, "torch_threads": str(torch.get_num_threads()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_version": torch.__version__}
     tags.update({f"params_hash:{section}": params.section_hash(section) for section in lineage_params(spec.name)})
     for source, folder in SOURCE_PATHS.items():
         recorded = tracked_hash(project.paths.root, folder)
         if recorded:
             tags["data_version" if source == "pool" else "labels_dvc_md5"] = recorded
+    tags["labels_version"] = labels_version(project.paths, params)
     return tags
 
 
-def _git_commit(root: Path) -> str:
+# Files the pipeline itself rewrites: their changes are recorded as data and params, not as code.
+_PIPELINE_STATE = (":(exclude)dvc.lock", ":(exclude)*.dvc", ":(exclude)**/*.dvc", ":(exclude)params.yaml",
+                   ":(exclude).gitignore", ":(exclude)**/.gitignore")
+
+
+def code_provenance(root: Path) -> dict[str, str]:
+    """The git commit and whether the tracked code differs from it: `git_code_diff` is "clean" or
+    the sha256 of the exact diff (logged beside as `code.diff`; files the pipeline rewrites,
+    dvc.lock, the .dvc files, params.yaml, are not code: a params change is not a code change)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        return {"git_commit": "unknown", "git_code_diff": "unknown"}
+    diff = code_diff(root)
+    return {"git_commit": head.stdout.strip(), "git_code_diff": hashlib.sha256(diff).hexdigest() if diff else "clean"}
+
+
+def code_diff(root: Path) -> bytes:
+    """`git diff HEAD` of the tracked code (empty when the code is the commit's)."""
+    completed = subprocess.run(["git", "diff", "HEAD", "--binary", "--", ".", *_PIPELINE_STATE], cwd=root,
+                               capture_output=True)
+    return completed.stdout if completed.returncode == 0 else b""
+
+
+def _log_code_diff(tracked, root: Path) -> None:
+    import tempfile
+
+    diff = code_diff(root)
+    if diff:
+        with tempfile.TemporaryDirectory() as scratch:
+            (Path(scratch) / "code.diff").write_bytes(diff)
+            tracked.log_artifact(Path(scratch) / "code.diff")
 
 
 def _metadata(project: ProjectResource, spec: StageSpec, outcome: StageOutcome, output_hash: str,
-              mlflow_run_id: str) -> dict[str, dg.MetadataValue]:
+              tracked) -> dict[str, dg.MetadataValue]:
     metadata: dict[str, dg.MetadataValue] = {
         "dvc_md5": dg.MetadataValue.text(output_hash),
         "path": dg.MetadataValue.path(str(project.paths.output(spec.name))),
-        "mlflow_run_id": dg.MetadataValue.text(mlflow_run_id),
+        "mlflow_run_id": dg.MetadataValue.text(tracked.run_id),
+        "mlflow_run": dg.MetadataValue.url(tracked.url),
     }
     metadata.update({key: dg.MetadataValue.float(float(value)) for key, value in outcome.metrics.items()})
     metadata.update({key: dg.MetadataValue.text(str(value)) for key, value in outcome.metadata.items()})

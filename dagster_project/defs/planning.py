@@ -209,10 +209,17 @@ def project_dagster_home(root: Path) -> Path:
 
 
 # One writer at a time: every stage step is in one concurrency pool of size 1, so steps of two
-# runs (UI, sensor, schedule) never write the project folder at once.
+# runs (UI, sensor, schedule) never write the project folder at once. Run monitoring fails a
+# daemon-launched run whose worker died (a killed run ends FAILED, and so do its MLflow runs) and
+# frees the slot its step held; `close_abandoned_runs` does both for a killed `bilaf run`.
 INSTANCE_CONFIG = """telemetry:
   enabled: false
 concurrency:
   pools:
     default_limit: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  max_resume_run_attempts: 0
+  free_slots_after_run_end_seconds: 30
 """

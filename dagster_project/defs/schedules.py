@@ -3,6 +3,7 @@
 import dagster as dg
 
 from dagster_project.defs.resources import ProjectResource
+from dagster_project.defs.tracking import MlflowResource
 from dagster_project.defs.sensors import refresh_request
 
 
@@ -10,5 +11,5 @@ from dagster_project.defs.sensors import refresh_request
              target=dg.AssetSelection.all(include_sources=True),
              description="Nightly: run a new round when images or labels arrived; re-run what changed parameters "
                          "made stale.")
-def nightly_refresh(context: dg.ScheduleEvaluationContext, project: ProjectResource):
-    return refresh_request(context.instance, project)
+def nightly_refresh(context: dg.ScheduleEvaluationContext, project: ProjectResource, mlflow: MlflowResource):
+    return refresh_request(context.instance, project, mlflow)

@@ -9,18 +9,22 @@ import dagster as dg
 
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
+from dagster_project.defs.tracking import MlflowResource, close_abandoned_runs
 from dagster_project.stages import check_budget
 
 REFRESH_TAGS = {"bilaf/trigger": "refresh"}
 
 
-def refresh_request(instance: dg.DagsterInstance, project: ProjectResource) -> dg.RunRequest | dg.SkipReason:
+def refresh_request(instance: dg.DagsterInstance, project: ProjectResource,
+                    mlflow: MlflowResource | None = None) -> dg.RunRequest | dg.SkipReason:
     """A run of the changed sources' observations and the stages they make stale."""
     try:
         params = project.params()
         check_budget(project.paths, params)
     except ValueError as error:
         return dg.SkipReason(f"params.yaml is invalid, nothing launched: {error}")
+    if mlflow is not None:
+        close_abandoned_runs(instance, mlflow)  # a killed `bilaf run` must not block every later one
     running = refresh_in_flight(instance)
     if running is not None:
         return dg.SkipReason(f"run {running.dagster_run.run_id} is {running.dagster_run.status.value}: "
@@ -40,5 +44,19 @@ def refresh_request(instance: dg.DagsterInstance, project: ProjectResource) -> d
            asset_selection=dg.AssetSelection.all(include_sources=True),
            description="Watches params.yaml, the data source, the pool, the labels and the code; launches one run "
                        "of exactly the stale stages (a new round when new images or labels arrived).")
-def refresh_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
-    return refresh_request(context.instance, project)
+def refresh_sensor(context: dg.SensorEvaluationContext, project: ProjectResource, mlflow: MlflowResource):
+    return refresh_request(context.instance, project, mlflow)
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING,
+                      description="Ends the MLflow parent run of a Dagster run that succeeded.")
+def mlflow_parent_finished(context: dg.RunStatusSensorContext, mlflow: MlflowResource):
+    mlflow.finish_dagster_run(context.dagster_run.run_id, succeeded=True)
+
+
+@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="Marks FAILED the MLflow runs of a Dagster run that failed (or was killed and "
+                                   "then failed by Dagster's run monitoring).")
+def mlflow_parent_failed(context: dg.RunFailureSensorContext, mlflow: MlflowResource):
+    mlflow.finish_dagster_run(context.dagster_run.run_id, succeeded=False)
+

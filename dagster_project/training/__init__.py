@@ -58,4 +58,5 @@ __all__ = [
     "save_finetuned",
     "set_drop_path_rate",
     "train_transform",
+    "validate_labeled_selection",
 ]

@@ -3,6 +3,7 @@ correct re-run, nothing is lost, and `bilaf run` and `dvc status` agree before a
 
 Tests run in file order on one project (module fixture `faulty`); each leaves it up to date.
 """
+import contextlib
 import copy
 import errno
 import os
@@ -10,7 +11,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -103,7 +103,7 @@ def test_touching_the_source_files_changes_nothing(faulty, capsys):
     _assert_up_to_date(faulty)
     with dg.DagsterInstance.get() as instance:
         context = dg.build_sensor_context(instance=instance,
-                                          resources={"project": build_definitions(str(faulty)).resources["project"]})
+                                          resources=build_definitions(str(faulty)).resources)
         assert isinstance(refresh_sensor(context), dg.SkipReason)
     assert bilaf(["run", "--project", str(faulty)]) == 0
     assert "up to date" in capsys.readouterr().out
@@ -162,6 +162,36 @@ def test_kill_9_mid_stage_keeps_the_last_good_output_and_the_next_run_is_correct
     assert _snapshot(faulty) == before  # the last good output is untouched, nothing half-written replaced it
     assert bilaf(["run", "--project", str(faulty)]) == 0
     assert _snapshot(faulty) == before and not list(output.parent.glob(f".{output.name}.*"))
+    _assert_up_to_date(faulty)
+
+
+def test_a_killed_bilaf_run_ends_failed_in_dagster_and_mlflow_and_the_next_run_is_correct(faulty, capsys):
+    import mlflow
+
+    params = yaml.safe_load((faulty / "params.yaml").read_text())
+    params["evaluation"]["knn_k"] = 2
+    (faulty / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{faulty / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bilaf").experiment_id
+    process = subprocess.Popen([str(BIN / "bilaf"), "run", "--project", str(faulty)], env=_env(faulty),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, running = time.time() + 300, []
+    while time.time() < deadline and process.poll() is None and not running:  # kill it inside the step
+        time.sleep(0.2)
+        with contextlib.suppress(Exception):  # the store may be busy with the run's own writes
+            running = client.search_runs([experiment], "tags.asset_key = 'evaluation' and attributes.status = 'RUNNING'")
+    assert running, "the run ended before its evaluation step started"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    dagster_run = running[0].data.tags["dagster_run_id"]
+    assert bilaf(["run", "--project", str(faulty)]) == 0
+    assert f"Run {dagster_run} was killed before it finished" in capsys.readouterr().out
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(dagster_run).status == dg.DagsterRunStatus.FAILURE
+    left = client.search_runs([experiment], f"tags.dagster_run_id = '{dagster_run}'")
+    assert {run.data.tags["bilaf_level"] for run in left} == {"dagster_run", "asset"}
+    assert {run.info.status for run in left if run.info.status != "FINISHED"} == {"FAILED"}
+    assert {run.data.tags.get("asset_key") for run in left if run.info.status == "FAILED"} >= {None, "evaluation"}
     _assert_up_to_date(faulty)
 
 

@@ -6,12 +6,10 @@ import copy
 import csv
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import yaml
 # Dagster has no public API for the stale status its UI shows (nor for observing sources outside a
 # run); these tests check that the UI agrees with the planner, so they read it where the UI does.
@@ -62,23 +60,71 @@ def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project,
     assert len(selection) == 1 + TINY_PARAMS["boundary"]["budget"]
 
 
-def test_lineage_explains_a_selected_image(tiny_project, project_env, capsys):
+def test_explain_tells_why_an_image_was_picked_from_verified_records(tiny_project, project_env, capsys):
     import json
+
+    from dagster_project.features import read_manifest
 
     with open(tiny_project / "artifacts" / "boundary_set" / "selection.csv") as handle:
         rows = list(csv.DictReader(handle))
     boundary = next(row for row in rows if row["role"] == "boundary")
-    assert bilaf(["lineage", boundary["id"], "--project", str(tiny_project)]) == 0
+    assert bilaf(["explain", boundary["id"], "--json", "--project", str(tiny_project)]) == 0
     report = json.loads(capsys.readouterr().out)
-    (why,) = report["why"]
-    assert why["role"] == "boundary" and why["cluster_core"] == boundary["cluster_core"] and why["round"] == 1
-    assert report["data_version"].endswith(".dir") and report["backbone"]["weights_sha256"]
-    assert report["parameters"]["boundary"] == TINY_PARAMS["boundary"]
+    (pick,) = report["picked"]
+    assert pick["role"] == "boundary" and pick["round"] == 1 and pick["cluster_core"] == boundary["cluster_core"]
+    assert isinstance(pick["boundary_score"], float) and isinstance(pick["rank"], int)
+    assert pick["rival_core"] in {row["id"] for row in rows if row["role"] == "core"}  # ids, not row numbers
+    inputs = pick["inputs"]
+    assert inputs["parameters"]["boundary"] == TINY_PARAMS["boundary"]  # typed as written
+    assert inputs["pool_dvc_md5"].endswith(".dir") and len(inputs["backbone"]["weights_sha256"]) == 64
+    assert inputs["code_version"] == STAGES["boundary_set"].code_version()
+    assert inputs["git_code_diff"] == "clean"  # the pipeline's own writes (dvc.lock, .dvc files) are not code
     with dg.DagsterInstance.get() as instance:
-        assert report["run"]["dagster_run_id"] == instance.get_runs(limit=1)[0].run_id
-    assert report["run"]["git_commit"]
-    assert bilaf(["lineage", "not-an-id", "--project", str(tiny_project)]) == 2
-    assert "was not picked in any" in capsys.readouterr().err
+        assert inputs["dagster_run_id"] == instance.get_runs(limit=1)[0].run_id
+    assert bilaf(["explain", boundary["id"], "--project", str(tiny_project)]) == 0
+    assert "round 1" in capsys.readouterr().out
+
+    picked = {row["id"] for row in rows}
+    other = next(item for item in read_manifest(tiny_project / "data").query("split == 'train'")["id"]
+                 if item not in picked)
+    assert bilaf(["explain", other, "--json", "--project", str(tiny_project)]) == 0
+    (why,) = json.loads(capsys.readouterr().out)["not_picked"]
+    assert why["round"] == 1 and ("outscored" in why["why"] or "removed as noise" in why["why"])
+
+
+def test_explain_refuses_an_answer_from_a_tampered_record(tiny_project, project_env, capsys):
+    logged = next((tiny_project / "mlflow" / "artifacts").rglob("boundary_set/selection.csv"))
+    original = logged.read_bytes()
+    logged.write_bytes(original.replace(b"boundary", b"core", 1))
+    try:
+        assert bilaf(["explain", "ffffffffffffffff", "--project", str(tiny_project)]) == 2
+        assert "does not match its recorded sha256" in capsys.readouterr().err
+    finally:
+        logged.write_bytes(original)
+
+
+def test_a_version_gone_from_the_cache_is_read_from_the_remote_and_one_gone_from_both_is_named(
+        tiny_project, project_env, capsys):
+    from dagster_project import dvc
+
+    md5 = _dvc_out_hashes(tiny_project)["boundary_set"]
+    name = md5.removesuffix(".dir")
+    stored = [store / "files" / "md5" / name[:2] / (name[2:] + ".dir")
+              for store in (tiny_project / ".dvc" / "cache", tiny_project / ".dvc-storage")]
+    assert all(path.is_file() for path in stored)  # every stage pushed its output to the remote
+    aside = [path.with_name(path.name + ".aside") for path in stored]
+    try:
+        stored[0].rename(aside[0])  # as `dvc gc --workspace` would after a later round
+        assert bilaf(["explain", "ffffffffffffffff", "--project", str(tiny_project)]) == 0
+        capsys.readouterr()
+        stored[1].rename(aside[1])  # as `dvc gc --cloud` would
+        assert dvc.find_object(tiny_project, md5) is None
+        assert bilaf(["explain", "ffffffffffffffff", "--project", str(tiny_project)]) == 2
+        assert f"boundary_set version {md5}" in capsys.readouterr().err
+    finally:
+        for path, moved in zip(stored, aside):
+            if moved.exists():
+                moved.rename(path)
 
 
 def test_second_run_with_nothing_changed_does_nothing(tiny_project, project_env, capsys):
@@ -183,8 +229,23 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
         assert boundary.tags.get(key), key
     assert boundary.params["boundary.budget"] == "40"
     assert boundary.metrics["selected"] == 40
+    assert parents[0].info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in assets.values())
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens in the training view
+    assert boundary.tags["dagster_run_url"].endswith(f"/runs/{first_run}")  # MLflow -> Dagster
+    with dg.DagsterInstance.get() as instance:  # Dagster -> MLflow
+        event = instance.get_latest_materialization_event(dg.AssetKey("boundary_set"))
+    linked = event.asset_materialization.metadata["mlflow_run"].value.rsplit("/", 1)[-1]
+    assert client.get_run(linked).data.tags["dagster_run_id"] == event.run_id
+    from dagster_project.features import pool_version
+
+    embeddings = client.get_run(assets["embeddings"].info.run_id)
+    (dataset,) = [entry.dataset for entry in embeddings.inputs.dataset_inputs]
+    assert dataset.name == "pool" and dataset.digest == pool_version(tiny_project / "data")
+    finetune_run = assets["finetuned_model"].info.run_id
+    (version,) = client.search_model_versions(f"name = 'bilaf-finetuned' and run_id = '{finetune_run}'")
+    assert version.tags["round"] == "1"
     mlflow.set_tracking_uri(client.tracking_uri)
-    logged = mlflow.pytorch.load_model(f"runs:/{assets['finetuned_model'].info.run_id}/model")
+    logged = mlflow.pytorch.load_model(f"models:/bilaf-finetuned/{version.version}")
     image_size = TINY_PARAMS["finetune"]["image_size"]
     assert tuple(logged(torch.zeros(1, 3, image_size, image_size)).shape) == (1, 10)
 

@@ -10,16 +10,14 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 
 from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.sensors import refresh_request, refresh_sensor
-from dagster_project.features import read_manifest
+from dagster_project.features import pool_version, read_manifest
 from dagster_project.features.sources import fashion_mnist_source
 
 from .conftest import BIN, TINY_PARAMS, make_project, run, write_params
@@ -81,7 +79,7 @@ def _request(root: Path):
     """What the refresh sensor decides now, evaluated through Dagster's sensor testing API."""
     with dg.DagsterInstance.get() as instance:
         context = dg.build_sensor_context(instance=instance,
-                                          resources={"project": build_definitions(str(root)).resources["project"]})
+                                          resources=build_definitions(str(root)).resources)
         return refresh_sensor(context)
 
 
@@ -223,6 +221,32 @@ def test_a_round_is_reproducible_from_its_recorded_inputs(project):
         project, _env(project))
     assert selection.read_bytes() == before
     assert "up to date" in run([str(BIN / "dvc"), "status"], project, _env(project)).stdout
+
+
+def test_a_past_round_stays_explainable_and_reproducible_after_its_parameters_changed(project, capsys):
+    """Round 1 chose with the first penalty; round 2 was re-selected with penalty 1.6 and the pool and
+    labels grew since. Round 1's picks are still explained from its own records and re-run exactly."""
+    import json
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bilaf").experiment_id
+    (first,) = client.search_runs([experiment], "tags.asset_key = 'boundary_set' and tags.round = '1'")
+    round_one = pd.read_csv(project / "rounds" / "round-001" / "batch.csv", dtype={"id": str})["id"].tolist()
+    assert bilaf(["explain", round_one[0], "--json", "--project", str(project)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (pick,) = [entry for entry in report["picked"] if entry["round"] == 1]
+    inputs = pick["inputs"]
+    assert inputs["mlflow_run_id"] == first.info.run_id
+    assert inputs["parameters"]["boundary"]["penalty"] == PARAMS["boundary"]["penalty"] != 1.6
+    assert inputs["labeled_before"] == 0 and inputs["pool_version"] != pool_version(project / "data")  # it grew
+    assert bilaf(["reproduce", first.info.run_id, "--json", "--scratch", str(project.parent / "again"),
+                  "--project", str(project)]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["identical"] and verdict["round"] == 1 and verdict["picks"] == PARAMS["boundary"]["budget"]
+    assert not verdict["code_changed"]
+    assert yaml.safe_load((project / "params.yaml").read_text())["boundary"]["penalty"] == 1.6  # today's untouched
 
 
 def test_a_label_file_edited_in_place_is_seen_and_a_broken_edit_refused(project, capsys):
