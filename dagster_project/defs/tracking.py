@@ -256,9 +256,9 @@ class AssetRunLogger:
                         f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
         # mlflow.pytorch logs through the fluent API, whose tracking URI is process-wide and exported
         # to MLFLOW_TRACKING_URI: set it for this call only, so nothing started later (another project's
-        # run, a subprocess) inherits this project's store.
-        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-        previous_uri = mlflow.get_tracking_uri()
+        # run, a subprocess) inherits this project's store. Unset before means unset after: restoring
+        # get_tracking_uri()'s default would pin the process to ./mlflow.db in the working directory.
+        previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
         mlflow.set_tracking_uri(self.client.tracking_uri)
         try:
             with mlflow.start_run(run_id=self.run_id):
@@ -269,11 +269,7 @@ class AssetRunLogger:
             version = mlflow.register_model(info.model_uri, REGISTERED_MODEL,
                                             tags={"round": str(round_number)} if round_number else None)
         finally:
-            mlflow.set_tracking_uri(previous_uri)
-            if previous_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+            mlflow.set_tracking_uri(previous_uri)  # None unsets it and MLFLOW_TRACKING_URI
         return version.version
 
 

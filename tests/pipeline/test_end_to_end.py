@@ -244,6 +244,7 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
     finetune_run = assets["finetuned_model"].info.run_id
     (version,) = client.search_model_versions(f"name = 'bilaf-finetuned' and run_id = '{finetune_run}'")
     assert version.tags["round"] == "1"
+    assert not mlflow.is_tracking_uri_set()  # the pipeline left the fluent URI unset (no ./mlflow.db)
     mlflow.set_tracking_uri(client.tracking_uri)
     logged = mlflow.pytorch.load_model(f"models:/bilaf-finetuned/{version.version}")
     image_size = TINY_PARAMS["finetune"]["image_size"]
