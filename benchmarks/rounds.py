@@ -219,7 +219,7 @@ def embedding_growth(args: argparse.Namespace) -> list[dict]:
 
 def summarise(frame: pd.DataFrame, learner: str) -> pd.DataFrame:
     grouped = frame.groupby(["method", "total"], sort=False)[learner].agg(["mean", "std", "count"])
-    cells = grouped.apply(lambda r: f"{r['mean']:.1f} ± {0 if pd.isna(r['std']) else r['std']:.1f}"
+    cells = grouped.apply(lambda r: f"{r['mean']:.1f}" + ("" if r["count"] < 2 else f" ± {r['std']:.1f}")
                           + ("" if r["count"] == frame["seed"].nunique() else f" (n={int(r['count'])})"), axis=1)
     return cells.unstack("total").fillna("–")
 

@@ -90,3 +90,37 @@ def test_report_redraws_tables_and_plot_from_a_partial_csv(tmp_path: Path) -> No
     assert "### finetune" in text and "75.0 (n=1)" in text
     assert "| ActiveFT | 70.5 ± 0.7" in text.replace("  ", " ").replace("  ", " ").replace("  ", " ")
     assert (tmp_path / "out" / "compare_methods.png").stat().st_size > 10_000
+
+
+rounds_benchmark = _load("rounds")
+
+
+def _classes(rng: np.random.Generator, n_items: int, n_classes: int = 4) -> "rounds_benchmark.Split":
+    """Overlapping Gaussian classes in 16-d, unit rows (like embeddings): rounds have borders to find."""
+    labels = rng.integers(0, n_classes, n_items)
+    centres = rng.standard_normal((n_classes, 16)).astype(np.float32)
+    points = centres[labels] + 0.8 * rng.standard_normal((n_items, 16)).astype(np.float32)
+    return rounds_benchmark.Split(bilaf_diagnostics.unit_rows(points), labels)
+
+
+def test_rounds_never_repick_and_the_report_covers_both_pools(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train, test = _classes(rng, 400), _classes(rng, 200)
+    args = rounds_benchmark.parse_args(["--round-budgets", "12", "12", "24", "--growth", "0.5", "1",
+                                        "--growth-budget", "12", "--seeds", "0", "--first", "ActiveFT",
+                                        "--later", "label-aware BiLAF", "margin", "--one-shot", "Random",
+                                        "--growth-later", "random", "--out", str(tmp_path)])
+    record = rounds_benchmark.Recorder(tmp_path)
+    rounds_benchmark.fixed_pool(args, train, test, record)  # asserts that no round re-picks a labeled item
+    rounds_benchmark.growing_pool(args, train, test, record)
+    frame = pd.read_csv(tmp_path / "rounds.csv")
+    fixed = frame[frame["experiment"] == "fixed"]
+    assert sorted(fixed["total"].unique()) == [24, 48]
+    assert set(fixed["method"]) == {"Random", "ActiveFT → label-aware BiLAF", "ActiveFT → margin"}
+    growing = frame[frame["experiment"] == "growing"]
+    assert growing["pool"].tolist() == [200, 400] and growing["total"].tolist() == [12, 24]
+    assert frame[["linear_probe", "knn"]].notna().all().all()
+    text = rounds_benchmark.write_report(frame, tmp_path)
+    assert "### Fixed pool: linear probe" in text and "### Growing pool: knn" in text
+    assert "± 0.0" not in text  # one seed: no spread to show, rather than a spread of zero
+    assert (tmp_path / "rounds.png").stat().st_size > 10_000
