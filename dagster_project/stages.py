@@ -304,7 +304,7 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
                                     indices=_positions(free, core_rows))
         stage_two = DenoisedPool.from_dict(denoised["denoised"])
         local = select_boundary(pool.features[free], cores, stage_two, budget, penalty=penalty)
-        result = _to_pool_rows(local, free)
+        result = local.on_rows(free)
         kept = np.zeros(len(pool.ids), dtype=bool)
         kept[free[stage_two.kept]] = True
     elif strategy == "bilaf":
@@ -573,21 +573,6 @@ def _core_rows(paths: ProjectPaths, pool: TrainPool) -> np.ndarray:
 def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Positions of ``wanted`` rows inside the ascending ``rows``."""
     return np.searchsorted(rows, wanted).astype(np.int64)
-
-
-def _to_pool_rows(result, rows: np.ndarray):
-    """A selection made on ``features[rows]`` with its indices mapped back to pool rows."""
-    from dagster_project.selection import SelectionResult
-
-    data = result.to_dict()
-    data["indices"] = [int(rows[i]) for i in data["indices"]]
-    for pick in data["picks"]:
-        pick["index"] = int(rows[pick["index"]])
-        if pick["rival_center"] is not None:
-            pick["rival_center"] = int(rows[pick["rival_center"]])
-    for stats in data["clusters"]:
-        stats["core_index"] = int(rows[stats["core_index"]])
-    return SelectionResult.from_dict(data)
 
 
 SELECTION_COLUMNS = ("rank", "id", "path", "role", "cluster_core", "rival_core", "predicted_class", "rival_class",

@@ -4,19 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster_project import dvc
+from dagster_project import defaults, dvc
+from dagster_project.choices import ON_UNREADABLE, SOURCES, SPLITS
 from dagster_project.lock import project_lock
-from dagster_project.features.pool import (
-    DEFAULT_TEST_SIZE,
-    DEFAULT_TRAIN_SIZE,
-    ON_UNREADABLE,
-    REPORT_NAME,
-    PoolReport,
-    ingest_folder,
-    sync_pool,
-)
-from dagster_project.features.sources import SOURCES, SPLITS
+
+if TYPE_CHECKING:
+    from dagster_project.features.pool import PoolReport
 
 _UNREADABLE_SHOWN = 5
 
@@ -43,17 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "every item already there. Array sources (Fashion-MNIST, CIFAR) are copied as PNGs "
                     "under <out>/images; image folders are referenced where they are. Re-running with "
                     "the same arguments rewrites nothing.")
-    sync.add_argument("--source", choices=SOURCES, default="fashion-mnist", help="default: %(default)s")
+    sync.add_argument("--source", choices=SOURCES, default=defaults.SOURCE, help="default: %(default)s")
     sync.add_argument("--root", type=Path, default=None,
                       help="where the source's files are (image-folder: the folder; Fashion-MNIST: "
                            "default /usr/share/datasets/fashion-mnist)")
     sync.add_argument("--out", type=Path, default=Path("data"), help="pool directory (default: %(default)s)")
-    sync.add_argument("--train-size", type=_size, default=DEFAULT_TRAIN_SIZE,
+    sync.add_argument("--train-size", type=_size, default=defaults.TRAIN_SIZE,
                       help="train items from this source, or 'all' (default: %(default)s)")
-    sync.add_argument("--test-size", type=_size, default=DEFAULT_TEST_SIZE,
+    sync.add_argument("--test-size", type=_size, default=defaults.TEST_SIZE,
                       help="test items from this source, or 'all' (default: %(default)s)")
-    sync.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    sync.add_argument("--on-unreadable", choices=ON_UNREADABLE, default="skip",
+    sync.add_argument("--seed", type=int, default=defaults.DATA_SEED, help="sampling seed (default: %(default)s)")
+    sync.add_argument("--on-unreadable", choices=ON_UNREADABLE, default=defaults.ON_UNREADABLE,
                       help="skip unreadable files (listed in the report) or fail (default: %(default)s)")
     sync.set_defaults(handler=_sync)
 
@@ -66,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ingest.add_argument("--split", choices=SPLITS, default="train", help="default: %(default)s")
     ingest.add_argument("--project", type=Path, default=Path("."), metavar="PATH",
                         help="project folder whose data/ receives the images (default: %(default)s)")
-    ingest.add_argument("--on-unreadable", choices=ON_UNREADABLE, default="skip",
+    ingest.add_argument("--on-unreadable", choices=ON_UNREADABLE, default=defaults.ON_UNREADABLE,
                         help="skip unreadable files (listed in the report) or fail (default: %(default)s)")
     ingest.set_defaults(handler=_ingest)
 
@@ -77,6 +72,8 @@ def _counts(report: PoolReport) -> str:
 
 
 def _list_unreadable(report: PoolReport, data_dir: Path) -> None:
+    from dagster_project.features.pool import REPORT_NAME
+
     for entry in report.unreadable[:_UNREADABLE_SHOWN]:
         print(f"  unreadable {entry['origin']}: {entry['reason']}", file=sys.stderr)
     if len(report.unreadable) > _UNREADABLE_SHOWN:
@@ -85,6 +82,8 @@ def _list_unreadable(report: PoolReport, data_dir: Path) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
+    from dagster_project.features.pool import REPORT_NAME, sync_pool
+
     report = sync_pool(args.out, args.source, root=args.root, train_size=args.train_size,
                        test_size=args.test_size, seed=args.seed, on_unreadable=args.on_unreadable)
     items = ", ".join(f"{split} {report.items[split]} (+{report.added[split]})" for split in SPLITS)
@@ -95,6 +94,8 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from dagster_project.features.pool import ingest_folder
+
     data_dir = args.project / "data"
     with project_lock(args.project.resolve(), f"bilaf ingest {args.folder}"):
         report = ingest_folder(data_dir, args.folder, split=args.split, on_unreadable=args.on_unreadable)

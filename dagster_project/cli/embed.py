@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dagster_project.features.backbones import DEFAULT_BACKBONE
-from dagster_project.features.embeddings import DEFAULT_IMAGE_SIZE, embed_pool
+from dagster_project import defaults
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,11 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embed.add_argument("--data", type=Path, default=Path("data"), help="pool directory (default: %(default)s)")
     embed.add_argument("--out", type=Path, default=Path("artifacts/embeddings"),
                        help="output directory (default: %(default)s)")
-    embed.add_argument("--backbone", default=DEFAULT_BACKBONE, help="timm model name (default: %(default)s)")
-    embed.add_argument("--weights", default="packaged",
+    embed.add_argument("--backbone", default=defaults.BACKBONE, help="timm model name (default: %(default)s)")
+    embed.add_argument("--weights", default=defaults.WEIGHTS,
                        help="'packaged', 'hub' or a checkpoint path (default: %(default)s)")
-    embed.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="default: %(default)s")
-    embed.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    embed.add_argument("--image-size", type=int, default=defaults.IMAGE_SIZE, help="default: %(default)s")
+    embed.add_argument("--batch-size", type=int, default=defaults.EMBEDDING_BATCH_SIZE, help="default: %(default)s")
     embed.add_argument("--shard-size", type=int, default=1024,
                        help="items per cache shard: the most work a killed run loses (default: %(default)s)")
     embed.add_argument("--cache-dir", type=Path, default=None,
@@ -33,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from dagster_project.features.embeddings import embed_pool
+
     info = embed_pool(args.data, args.out, backbone=args.backbone, weights=args.weights,
                       image_size=args.image_size, batch_size=args.batch_size,
                       shard_size=args.shard_size, cache_dir=args.cache_dir,

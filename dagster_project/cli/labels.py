@@ -11,18 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from dagster_project import artifacts, dvc, rounds
-from dagster_project.annotation import (
-    import_labels,
-    label_studio_tasks,
-    labeling_config,
-    read_annotator_file,
-)
-from dagster_project.features import read_manifest
+from dagster_project import dvc
 from dagster_project.lock import project_lock
-from dagster_project.stages import SOURCE_PATHS, ProjectPaths, pool_classes, resolve_image
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +54,11 @@ def _add_project(parser: argparse.ArgumentParser) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from dagster_project import rounds
+    from dagster_project.annotation import import_labels, read_annotator_file
+    from dagster_project.features import read_manifest
+    from dagster_project.stages import SOURCE_PATHS, ProjectPaths, pool_classes
+
     paths = ProjectPaths(args.project)
     annotator_file = read_annotator_file(args.file)
     with project_lock(paths.root.resolve(), f"bilaf labels import {args.file} --round {args.round_number}"):
@@ -86,6 +81,11 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
+    from dagster_project import artifacts
+    from dagster_project.annotation import label_studio_tasks
+    from dagster_project.features import read_manifest
+    from dagster_project.stages import ProjectPaths, resolve_image
+
     paths = ProjectPaths(args.project)
     manifest = read_manifest(paths.data)
     path_of = dict(zip(manifest["id"], manifest["path"]))
@@ -100,6 +100,10 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    from dagster_project.annotation import labeling_config
+    from dagster_project.features import read_manifest
+    from dagster_project.stages import ProjectPaths, pool_classes
+
     classes = pool_classes(read_manifest(ProjectPaths(args.project).data))
     args.out.write_text(labeling_config(classes))
     print(f"labeling config for {len(classes)} classes -> {args.out}")
@@ -108,4 +112,8 @@ def _config(args: argparse.Namespace) -> int:
 
 def _batch_rows(root: Path, round_number: int) -> list[dict[str, Any]]:
     """Round `round_number`'s batch rows (rank, id, path, role, ...)."""
+    import pandas as pd
+
+    from dagster_project import rounds
+
     return pd.read_csv(rounds.round_batch_file(root, round_number), dtype={"id": str}).to_dict("records")

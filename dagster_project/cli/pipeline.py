@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 from dagster_project.artifacts import remove_leftovers
+from dagster_project.choices import STAGES
 from dagster_project.lock import project_lock
-from dagster_project.stages import STAGES, run_stage
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     stage = subparsers.add_parser("stage", help="run one pipeline stage in the project folder (used by dvc.yaml)")
-    stage.add_argument("name", choices=list(STAGES))
+    stage.add_argument("name", choices=STAGES)
     stage.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     stage.set_defaults(handler=_stage)
 
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _stage(args: argparse.Namespace) -> int:
     from dagster_project.config import load_params
-    from dagster_project.stages import ProjectPaths, check_budget
+    from dagster_project.stages import ProjectPaths, check_budget, run_stage
 
     paths = ProjectPaths(args.project.resolve())
     params = load_params(paths.params)

@@ -117,6 +117,8 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
     def _materialize(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
         from dagster_project.defs.planning import reusable_materialization
+        from dagster_project.defs.progress import ProgressLog
+        from dagster_project.selection.progress import reporting_progress
 
         previous = reusable_materialization(context.instance, project.paths, spec.name)
         if previous is not None:
@@ -129,7 +131,8 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
         params = project.params()
         with mlflow.asset_run(context, spec.name, _lineage_tags(project, params, spec)) as tracked:
             _log_code_diff(tracked, project.paths.root)
-            outcome = run_stage(spec.name, project.paths.root, params)
+            with reporting_progress(ProgressLog(context.log)):
+                outcome = run_stage(spec.name, project.paths.root, params)
             output_hash = dvc.commit_stage(spec.name)
             tracked.set_tags({"dvc_md5": output_hash,
                               **{f"dvc_input:{path}": md5 for path, md5 in dvc.dependency_hashes(spec.name).items()

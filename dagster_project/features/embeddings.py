@@ -83,13 +83,18 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def rows_of(self, split: str) -> np.ndarray:
+        """The rows (of ``features``, ascending) of one split's items."""
+        rows = np.flatnonzero(self.splits == split)
+        if rows.size == 0:
+            raise ValueError(f"no items with split {split!r} (splits: {sorted(set(self.splits))})")
+        return rows
+
     def subset(self, split: str) -> Embeddings:
         """The items of one split (features loaded into memory)."""
-        mask = self.splits == split
-        if not mask.any():
-            raise ValueError(f"no items with split {split!r} (splits: {sorted(set(self.splits))})")
-        return Embeddings(self.ids[mask], np.asarray(self.features[mask]), self.labels[mask],
-                          self.splits[mask], self.meta)
+        rows = self.rows_of(split)
+        return Embeddings(self.ids[rows], np.asarray(self.features[rows]), self.labels[rows],
+                          self.splits[rows], self.meta)
 
 
 def embedding_config(backbone: Backbone, image_size: int) -> dict:

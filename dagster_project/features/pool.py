@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dagster_project import defaults
+from dagster_project import choices, defaults
 from dagster_project.features.images import UnreadableImageError, png_bytes
 from dagster_project.features.sources import SPLITS, ImageFolderSource, ImageSource, open_source
 
@@ -60,7 +60,7 @@ MANIFEST_NAME = "manifest.csv"
 REPORT_NAME = "pool_report.json"
 IMAGES_DIR = "images"
 MANIFEST_COLUMNS = ("id", "path", "label", "class_name", "split", "origin")
-ON_UNREADABLE = ("skip", "fail")
+ON_UNREADABLE = choices.ON_UNREADABLE
 _VERSION_LENGTH = 16
 _LISTED_IN_ERRORS = 10
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dagster_project import choices
 from dagster_project.features._network import host_reachable
 from dagster_project.features.images import decode_image_file, image_id, is_image_name, normalize_image, pixels_id
 
@@ -33,8 +34,8 @@ __all__ = [
     "open_source",
 ]
 
-SPLITS = ("train", "test")
-SOURCES = ("fashion-mnist", "cifar10", "cifar100", "image-folder")
+SPLITS = choices.SPLITS
+SOURCES = choices.SOURCES
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from dagster_project import choices
 
 from ._geometry import claim_items, device, scatter_rows, top_matches
+from .progress import Progress
 
-LOSS_FORMS = ("code", "paper")
+LOSS_FORMS = choices.ACTIVEFT_LOSSES
 FULL_BATCH_LIMIT = 100_000  # larger pools use a fresh random subset of this size per iteration
 
 
@@ -81,7 +83,8 @@ def activeft(unit_features: np.ndarray, n_anchors: int, seed: int, params: Activ
     optimizer = torch.optim.Adam([anchors], lr=params.learning_rate)
     batch_size = min(n_items, params.batch_size or min(n_items, FULL_BATCH_LIMIT))
     losses = []
-    for _ in tqdm(range(params.n_iterations), desc="ActiveFT", disable=None, leave=False):
+    steps = Progress(range(params.n_iterations), "ActiveFT")
+    for _ in steps:
         if batch_size == n_items:
             batch = items
         else:
@@ -92,6 +95,7 @@ def activeft(unit_features: np.ndarray, n_anchors: int, seed: int, params: Activ
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        steps.note(loss=losses[-1])
     unit_anchors = F.normalize(anchors.detach(), dim=1)
     picks = claim_items(unit_anchors, items, metric="dot", exclude=taken)
     info = {"batch_size": batch_size, "initial_loss": losses[0] if losses else None,

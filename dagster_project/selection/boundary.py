@@ -6,12 +6,12 @@ import numbers
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dagster_project import defaults
 
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
 from ._validation import validate_core_indices, validate_inputs
+from .progress import Progress
 from .results import BOUNDARY_ROLE, CORE_ROLE, ClusterStats, CoreSelection, DenoisedPool, Pick
 from .results import SelectionResult
 from .variants import BUDGET_RULES, Stage2Settings, resolve_settings
@@ -119,8 +119,7 @@ def select_boundary_validated(matrix: np.ndarray, denoised: DenoisedPool, budget
     picks: list[Pick] = []
     stats = []
     offset = 0
-    for cluster, items in enumerate(tqdm(members, desc="boundary picks", disable=None,
-                                         leave=False)):
+    for cluster, items in enumerate(Progress(members, "boundary picks")):
         rows = slice(offset, offset + len(items))
         offset += len(items)
         core_position = int(np.flatnonzero(items == core_ids[cluster])[0])

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dagster_project import defaults
 
@@ -33,6 +32,7 @@ from ._validation import KnownItems, validate_inputs, validate_known
 from .boundary import _TINY, apportion, check_boundary_args
 from .denoise import IdcParams, grow_from_seeds
 from .probe import INVERSE_REGULARIZATION, class_probabilities
+from .progress import Progress
 from .results import BOUNDARY_ROLE, CORE_ROLE, ClassRegions, ClassStats, Pick, SelectionResult
 
 LABEL_AWARE = "bilaf-labels"
@@ -79,7 +79,7 @@ def class_regions_validated(matrix: np.ndarray, known: KnownItems, cores: np.nda
     kept = np.zeros(len(matrix), dtype=bool)
     absorption_rank = np.full(len(matrix), -1, dtype=np.int64)
     stats = []
-    for class_id in tqdm(known.classes, desc="class regions", disable=None, leave=False):
+    for class_id in Progress(known.classes, "class regions"):
         members = np.flatnonzero(assignment == class_id)
         seeds = np.flatnonzero(known.labels[members] == class_id)
         if len(members) < params.min_cluster_size:
@@ -128,8 +128,7 @@ def select_class_boundary_validated(matrix: np.ndarray, regions: ClassRegions, b
                                     int(regions.params["n_neighbors"]))
     picks = [Pick(rank=rank, index=int(item), role=CORE_ROLE) for rank, item in enumerate(regions.cores)]
     offset = 0
-    for position, (items, share) in enumerate(zip(tqdm(candidates, desc="class boundary picks",
-                                                       disable=None, leave=False), shares)):
+    for position, (items, share) in enumerate(zip(Progress(candidates, "class boundary picks"), shares)):
         block = to_class[offset:offset + len(items)]
         offset += len(items)
         if share == 0:

@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ._geometry import claim_items, device, l2_normalize, nearest_centres, scatter_rows, top_matches
 from ._validation import KnownItems, validate_inputs, validate_known
 from .activeft import ActiveFTParams, activeft
+from .progress import Progress
 from .results import CoreSelection
 
 
@@ -132,7 +132,7 @@ def _kcenter(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, param
         closest = (norms - scores[:, 0]).clamp_(min=0.0)
         closest[torch.as_tensor(taken, device=items.device)] = -1.0
         picks = [int(torch.argmax(closest))]
-    for _ in tqdm(range(n_cores), desc="k-center greedy", disable=None, leave=False):
+    for _ in Progress(range(n_cores), "k-center greedy"):
         latest = picks[-1]
         to_latest = (norms + norms[latest] - 2.0 * (items @ items[latest])).clamp_(min=0.0)
         torch.minimum(closest, to_latest, out=closest)
@@ -155,7 +155,7 @@ def _kmeans(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params
     centroids = _kmeans_plus_plus(items, n_cores, rng, fixed)
     threshold = params.tol * float(items.var(dim=0).mean())
     n_iter, shift = 0, float("inf")
-    for n_iter in tqdm(range(1, params.max_iter + 1), desc="k-means", disable=None, leave=False):
+    for n_iter in Progress(range(1, params.max_iter + 1), "k-means"):
         every = centroids if fixed is None else torch.cat([centroids, fixed])
         labels, distances = nearest_centres(items, every, 1, exact=False)
         labels_t = torch.as_tensor(labels[:, 0], device=items.device)

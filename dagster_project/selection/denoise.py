@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dagster_project import defaults
 
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
 from ._validation import validate_core_indices, validate_inputs
+from .progress import Progress
 from .results import ClusterStats, DenoisedPool
 from .variants import Stage2Settings, resolve_settings
 
@@ -68,8 +68,7 @@ def denoise_validated(matrix: np.ndarray, core_ids: np.ndarray, variant: str,
     absorption_rank = np.full(len(points), -1, dtype=np.int64)
     kept = np.zeros(len(points), dtype=bool)
     stats = []
-    for cluster, members in enumerate(tqdm(cluster_members(assignment, len(core_ids)),
-                                           desc="IDC denoising", disable=None, leave=False)):
+    for cluster, members in enumerate(Progress(cluster_members(assignment, len(core_ids)), "IDC denoising")):
         core_position = int(np.searchsorted(members, core_ids[cluster]))
         if len(members) < params.min_cluster_size:
             absorbed, n_kept = np.arange(len(members)), len(members)
@@ -162,7 +161,7 @@ def grow_from_seeds(distances: ClusterDistances, seeds: np.ndarray, params: IdcP
     absorbed = np.zeros(n, dtype=bool)
     absorbed[seeds] = True
     rings = [np.sort(seeds)]
-    for _ in tqdm(range(-(-(n - len(seeds)) // ring)), desc="IDC rings", disable=None, leave=False):
+    for _ in Progress(range(-(-(n - len(seeds)) // ring)), "IDC rings"):
         candidates = np.flatnonzero(~absorbed)
         density = _density(distances, candidates, np.concatenate(rings), params.n_neighbors, "paper")
         new = candidates[np.argsort(density, kind="stable")[:ring]]

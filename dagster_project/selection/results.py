@@ -205,6 +205,20 @@ class SelectionResult:
         """Items picked as cores (BiLAF only), in pick order."""
         return self.indices[[pick.role == CORE_ROLE for pick in self.picks]]
 
+    def on_rows(self, rows: Any) -> SelectionResult:
+        """This selection, made on ``features[rows]``, with every item index (picks, rival cores,
+        cluster cores) replaced by the row of ``features`` it stands for."""
+        rows = np.asarray(rows)
+        data = self.to_dict()
+        data["indices"] = [int(rows[i]) for i in data["indices"]]
+        for pick in data["picks"]:
+            pick["index"] = int(rows[pick["index"]])
+            if pick["rival_center"] is not None:
+                pick["rival_center"] = int(rows[pick["rival_center"]])
+        for stats in data["clusters"]:
+            stats["core_index"] = int(rows[stats["core_index"]])
+        return SelectionResult.from_dict(data)
+
     def to_records(self) -> list[dict[str, Any]]:
         """One flat dict per pick (the CSV rows), keys as in ``RECORD_FIELDS``."""
         return [pick.to_dict() for pick in self.picks]

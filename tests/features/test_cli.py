@@ -1,6 +1,8 @@
-"""`bilaf data sync`, `bilaf ingest` and `bilaf embed` end to end on tiny pools."""
+"""`bilaf data sync`, `bilaf ingest`, `bilaf embed` and `bilaf select` on an embeddings folder, end to end on tiny
+pools."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -12,6 +14,7 @@ from PIL import Image
 from dagster_project.cli import main
 from dagster_project.dvc import run_dvc
 from dagster_project.features import load_embeddings, pool_version, read_manifest
+from dagster_project.selection import SelectionResult, select
 
 
 def _write_png(path: Path, value: int) -> None:
@@ -34,6 +37,43 @@ def test_sync_then_embed(tmp_path, capsys):
     assert load_embeddings(out).features.shape == (30, 1280)
     assert main(["embed", "--data", str(data), "--out", str(out), "--image-size", "32"]) == 0
     assert "(0 computed, 30 from cache" in capsys.readouterr().out
+
+
+def test_select_from_an_embeddings_folder_names_the_items_and_keeps_to_a_split(small_pool, tmp_path, capsys):
+    out = tmp_path / "embeddings"
+    assert main(["embed", "--data", str(small_pool), "--out", str(out), "--image-size", "32", "--batch-size", "16",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    embeddings, manifest = load_embeddings(out), read_manifest(small_pool)
+    path_of = dict(zip(manifest["id"], manifest["path"]))
+    ids = embeddings.ids.tolist()
+    flags = ["--cores", "3", "--n-iterations", "5"]
+
+    assert main(["select", "--features", str(out), "--data", str(small_pool), "--budget", "9", *flags,
+                 "--out", str(tmp_path / "all.csv")]) == 0
+    assert "selected 9 of 64 items" in capsys.readouterr().out
+    with (tmp_path / "all.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    expected = select(np.asarray(embeddings.features), 9, n_cores=3, n_iterations=5)
+    assert [int(row["index"]) for row in rows] == expected.indices.tolist()
+    assert [row["id"] for row in rows] == [ids[index] for index in expected.indices]
+    assert [row["path"] for row in rows] == [str(small_pool / path_of[ids[index]]) for index in expected.indices]
+    assert all(Path(row["path"]).is_file() for row in rows)
+
+    assert main(["select", "--features", str(out), "--split", "test", "--budget", "6", *flags,
+                 "--out", str(tmp_path / "test.json")]) == 0
+    assert "selected 6 of 16 test items" in capsys.readouterr().out
+    written = json.loads((tmp_path / "test.json").read_text())
+    test_rows = np.flatnonzero(embeddings.splits == "test")
+    local = select(embeddings.subset("test").features, 6, n_cores=3, n_iterations=5)
+    assert written["indices"] == test_rows[local.indices].tolist()  # rows of features.npy, not of the split
+    assert SelectionResult.from_dict(written) == local.on_rows(test_rows)
+    assert written["ids"] == [ids[index] for index in written["indices"]] and "paths" not in written
+    assert {embeddings.splits[index] for index in written["indices"]} == {"test"}
+
+    np.save(tmp_path / "f.npy", embeddings.features)
+    assert main(["select", "--features", str(tmp_path / "f.npy"), "--split", "train", "--budget", "4",
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert "--split and --data need an embeddings folder" in capsys.readouterr().err
 
 
 def test_ingest_summarises_and_lists_unreadable_files(tmp_path, capsys):
