@@ -14,6 +14,7 @@ DVC hash of its output.
 import base64
 import hashlib
 import subprocess
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -32,6 +33,10 @@ WRITER_POOL = "bilaf_project"
 SOURCE_FINGERPRINT = "source_fingerprint"
 POOL_KEY = dg.AssetKey("pool")
 LABELS_KEY = dg.AssetKey("labels")
+# Observable sources are how Dagster versions external data; its beta notice would print once per
+# source on every command, burying what the run says.
+warnings.filterwarnings("ignore", message="Function `observable_source_asset` is currently in beta",
+                        category=dg.BetaWarning)
 
 
 def params_key(section: str) -> dg.AssetKey:
