@@ -135,6 +135,7 @@ def _rounds(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import dagster as dg
+    from mlflow.exceptions import MlflowException
 
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
@@ -150,8 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     with project_lock(root, "bilaf run"), dg.DagsterInstance.get() as instance:
         for stage in STAGES:
             remove_leftovers(project.paths.output(stage))
-        for run_id in close_abandoned_runs(instance, defs.resources["mlflow"]):
-            print(f"Run {run_id} was killed before it finished: marked FAILED in Dagster and MLflow.")
+        for line in close_abandoned_runs(instance, defs.resources["mlflow"]):
+            print(line)
         running = refresh_in_flight(instance)
         if running is not None:
             raise ValueError(f"Dagster run {running.dagster_run.run_id} of this project is "
@@ -169,7 +170,11 @@ def _run(args: argparse.Namespace) -> int:
             instance=instance, asset_selection=plan.asset_keys, raise_on_error=False,
             tags={"bilaf/trigger": "cli", "bilaf/round": str(round_number), **process_tags()},
         )
-        defs.resources["mlflow"].finish_dagster_run(result.run_id, result.success)
+        try:
+            defs.resources["mlflow"].finish_dagster_run(result.run_id, result.success)
+        except MlflowException as error:  # the store may be what failed the run
+            print(f"MLflow store unreachable ({str(error).splitlines()[0]}): the MLflow runs of {result.run_id} "
+                  "stay open until the next run ends them.")
         elapsed = time.perf_counter() - started
     if not result.success:
         print(f"Run {result.run_id} failed after {elapsed:.0f} s:\n" + "\n".join(_failures(result)))

@@ -5,6 +5,8 @@ proceeds), so one change launches one run; and nothing is launched while a run o
 queued or running, so no two runs write the same artifacts.
 """
 
+import logging
+
 import dagster as dg
 
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
@@ -15,16 +17,19 @@ from dagster_project.stages import check_budget
 REFRESH_TAGS = {"bilaf/trigger": "refresh"}
 
 
-def refresh_request(instance: dg.DagsterInstance, project: ProjectResource,
-                    mlflow: MlflowResource | None = None) -> dg.RunRequest | dg.SkipReason:
-    """A run of the changed sources' observations and the stages they make stale."""
+def refresh_request(instance: dg.DagsterInstance, project: ProjectResource, mlflow: MlflowResource | None = None,
+                    log: logging.Logger | None = None) -> dg.RunRequest | dg.SkipReason:
+    """A run of the changed sources' observations and the stages they make stale (what earlier runs
+    left open is closed first and said in ``log``)."""
     try:
         params = project.params()
         check_budget(project.paths, params)
     except ValueError as error:
         return dg.SkipReason(f"params.yaml is invalid, nothing launched: {error}")
     if mlflow is not None:
-        close_abandoned_runs(instance, mlflow)  # a killed `bilaf run` must not block every later one
+        for line in close_abandoned_runs(instance, mlflow):  # a killed `bilaf run` must not block every later one
+            if log is not None:
+                log.warning(line)
     running = refresh_in_flight(instance)
     if running is not None:
         return dg.SkipReason(f"run {running.dagster_run.run_id} is {running.dagster_run.status.value}: "
@@ -45,7 +50,7 @@ def refresh_request(instance: dg.DagsterInstance, project: ProjectResource,
            description="Watches params.yaml, the data source, the pool, the labels and the code; launches one run "
                        "of exactly the stale stages (a new round when new images or labels arrived).")
 def refresh_sensor(context: dg.SensorEvaluationContext, project: ProjectResource, mlflow: MlflowResource):
-    return refresh_request(context.instance, project, mlflow)
+    return refresh_request(context.instance, project, mlflow, context.log)
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING,

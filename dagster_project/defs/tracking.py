@@ -142,10 +142,17 @@ class MlflowResource(dg.ConfigurableResource):
 
 
 def close_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> list[str]:
-    """Dagster runs of `bilaf run` still STARTED whose process is gone (killed): FAILED in Dagster
-    and in MLflow. Returns their ids. Runs launched by the Dagster daemon are watched by its run
-    monitoring instead (see the instance settings)."""
-    closed = []
+    """Close what earlier runs left open; returns one line per thing closed or left open.
+
+    A Dagster run of `bilaf run` still STARTED whose process is gone (killed) is marked FAILED, its
+    concurrency slot freed and its MLflow runs FAILED. An MLflow parent run still RUNNING whose Dagster
+    run has ended (the store was unreachable when it ended) is ended with that run's outcome. Runs
+    launched by the Dagster daemon are watched by its run monitoring instead (see the instance
+    settings). An unreachable MLflow store is reported, not raised: this is housekeeping, and the next
+    run does it again."""
+    from mlflow.exceptions import MlflowException
+
+    lines = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
                                                                            dg.DagsterRunStatus.STARTING])):
         run = record.dagster_run
@@ -155,9 +162,31 @@ def close_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -
         instance.report_run_failed(run, f"the process of this run (pid {pid}) is gone: it was killed")
         # Its step still holds the project's concurrency slot: without this, every later step waits forever.
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        mlflow.finish_dagster_run(run.run_id, succeeded=False)
-        closed.append(run.run_id)
-    return closed
+        lines.append(f"Run {run.run_id} was killed before it finished: marked FAILED in Dagster.")
+    try:
+        for dagster_run_id, succeeded in _ended_runs_with_open_parents(instance, mlflow):
+            mlflow.finish_dagster_run(dagster_run_id, succeeded)
+            lines.append(f"Run {dagster_run_id}: its MLflow runs were still open, now ended "
+                         f"{'FINISHED' if succeeded else 'FAILED'} as the Dagster run did.")
+    except MlflowException as error:
+        lines.append(f"MLflow store unreachable ({str(error).splitlines()[0]}): runs it holds open stay open "
+                     "until a later run ends them.")
+    return lines
+
+
+def _ended_runs_with_open_parents(instance: dg.DagsterInstance, mlflow: MlflowResource) -> list[tuple[str, bool]]:
+    """(Dagster run id, succeeded) of this instance's ended runs whose MLflow parent run is RUNNING."""
+    client = mlflow.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        return []
+    ended = []
+    for parent in client.search_runs([experiment.experiment_id],
+                                     "tags.bilaf_level = 'dagster_run' and attributes.status = 'RUNNING'"):
+        dagster_run = instance.get_run_by_id(parent.data.tags["dagster_run_id"])
+        if dagster_run is not None and dagster_run.is_finished:  # another project's store entries: None
+            ended.append((dagster_run.run_id, dagster_run.status == dg.DagsterRunStatus.SUCCESS))
+    return ended
 
 
 def _alive(pid: int) -> bool:

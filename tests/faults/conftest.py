@@ -1,13 +1,12 @@
 """A small real project for fault injection: a copy of Fashion-MNIST's files as its source (so the
 source can be touched), git + DVC, its own Dagster home; materialized once by the first test."""
 import copy
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from pipeline.conftest import TINY_PARAMS, make_project
+from pipeline.conftest import TINY_PARAMS, make_project, project_environment
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -24,12 +23,5 @@ def faulty(tmp_path_factory) -> Path:
     params["core"]["n_cores"] = 10
     params["boundary"]["budget"] = 24
     make_project(root, params)
-    saved = {key: os.environ.get(key) for key in ("DAGSTER_HOME", "BILAF_PROJECT_DIR")}
-    os.environ.update(DAGSTER_HOME=str(root / ".dagster_home"), BILAF_PROJECT_DIR=str(root), HF_HUB_OFFLINE="1",
-                      MLFLOW_DISABLE_TELEMETRY="true")
-    yield root
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with project_environment(root):
+        yield root

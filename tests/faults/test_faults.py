@@ -248,6 +248,11 @@ def test_a_locked_mlflow_database_fails_the_run_clearly_and_the_next_run_recover
     assert "evaluation" in _planned(faulty)  # still to do, for both
     assert bilaf(["run", "--project", str(faulty)]) == 0
     _assert_up_to_date(faulty)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{faulty / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bilaf").experiment_id
+    assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []  # none left open
 
 
 def test_a_copied_project_runs_in_its_own_folder_and_leaves_the_original_untouched(faulty, tmp_path):

@@ -1,10 +1,12 @@
 """A tiny real project (Fashion-MNIST subset, small images, one finetuning epoch) shared by the
 pipeline tests: git + DVC initialised, the repository's dvc.yaml, its own Dagster home."""
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,12 +84,17 @@ def project_env(tiny_project) -> dict:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     (tiny_project / ".dagster_home").mkdir(exist_ok=True)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    yield {**os.environ, **env}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with project_environment(tiny_project, PATH=env["PATH"]):
+        yield {**os.environ, **env}
+
+
+@contextlib.contextmanager
+def project_environment(root: Path, **extra: str) -> Iterator[None]:
+    """This process's environment set for one project (its Dagster home, offline, no telemetry,
+    the embedded MLflow store), restored afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"DAGSTER_HOME": str(root / ".dagster_home"), "BILAF_PROJECT_DIR": str(root),
+                           "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **extra}.items():
+            patch.setenv(key, value)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield

@@ -20,7 +20,7 @@ from dagster_project.defs.sensors import refresh_request, refresh_sensor
 from dagster_project.features import pool_version, read_manifest
 from dagster_project.features.sources import fashion_mnist_source
 
-from .conftest import BIN, TINY_PARAMS, make_project, run, write_params
+from .conftest import BIN, TINY_PARAMS, make_project, project_environment, run, write_params
 
 PARAMS = copy.deepcopy(TINY_PARAMS)
 PARAMS["data"].update(train_size=200, test_size=100)
@@ -35,15 +35,8 @@ SELECTION_STAGES = {"core_centers", "denoised_pool", "boundary_set", "annotation
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("rounds"), PARAMS)
-    saved = {key: os.environ.get(key) for key in ("DAGSTER_HOME", "BILAF_PROJECT_DIR")}
-    os.environ.update(DAGSTER_HOME=str(root / ".dagster_home"), BILAF_PROJECT_DIR=str(root),
-                      HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true")
-    yield root
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with project_environment(root):
+        yield root
 
 
 def _env(root: Path) -> dict:
