@@ -288,6 +288,7 @@ class AssetRunLogger:
         # run, a subprocess) inherits this project's store. Unset before means unset after: restoring
         # get_tracking_uri()'s default would pin the process to ./mlflow.db in the working directory.
         previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.client.tracking_uri)
         try:
             with mlflow.start_run(run_id=self.run_id):
@@ -298,7 +299,13 @@ class AssetRunLogger:
             version = mlflow.register_model(info.model_uri, REGISTERED_MODEL,
                                             tags={"round": str(round_number)} if round_number else None)
         finally:
-            mlflow.set_tracking_uri(previous_uri)  # None unsets it and MLFLOW_TRACKING_URI
+            mlflow.set_tracking_uri(previous_uri)  # None unsets it
+            # set_tracking_uri exports its value: the variable must be as it was, or every MlflowResource
+            # of this process (another project's) would follow it to this store.
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
         return version.version
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 # Dagster has no public API for the stale status its UI shows (nor for observing sources outside a
 # run); these tests check that the UI agrees with the planner, so they read it where the UI does.
@@ -245,8 +246,11 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
     (version,) = client.search_model_versions(f"name = 'bilaf-finetuned' and run_id = '{finetune_run}'")
     assert version.tags["round"] == "1"
     assert not mlflow.is_tracking_uri_set()  # the pipeline left the fluent URI unset (no ./mlflow.db)
-    mlflow.set_tracking_uri(client.tracking_uri)
-    logged = mlflow.pytorch.load_model(f"models:/bilaf-finetuned/{version.version}")
+    mlflow.set_tracking_uri(client.tracking_uri)  # the models:/ URI resolves through the fluent store
+    try:
+        logged = mlflow.pytorch.load_model(f"models:/bilaf-finetuned/{version.version}")
+    finally:
+        mlflow.set_tracking_uri(None)
     image_size = TINY_PARAMS["finetune"]["image_size"]
     assert tuple(logged(torch.zeros(1, 3, image_size, image_size)).shape) == (1, 10)
 
@@ -262,13 +266,15 @@ def test_logging_to_a_real_mlflow_server(tiny_project, project_env, tmp_path):
     try:
         import requests
 
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while time.time() < deadline:
             try:
-                if requests.get(f"{uri}/health", timeout=2).ok:
+                if requests.get(f"{uri}/health", timeout=5).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
                 time.sleep(1)
+        else:
+            pytest.fail(f"mlflow server did not answer {uri}/health within 300 s")
         params = {**TINY_PARAMS, "boundary": {"budget": 40, "penalty": 1.5}, "evaluation": {"knn_k": 7}}
         write_params(tiny_project, params)
         os.environ["MLFLOW_TRACKING_URI"] = uri
