@@ -231,6 +231,11 @@ def write_report(frame: pd.DataFrame, out: Path, embedding_rows: list[dict] | No
         for learner in LEARNERS:
             parts.append(f"### Fixed pool: {learner.replace('_', ' ')} (test top-1 %, mean ± std) by total labels\n\n"
                          f"{summarise(fixed, learner).to_markdown()}\n")
+        shares = fixed.groupby(["method", "total"], sort=False)[["min_class_share", "max_class_share"]].mean()
+        shares = shares.round(3).unstack("total")
+        shares.columns = [f"{stat.removesuffix('_class_share')} at {total}" for stat, total in shares.columns]
+        parts.append("### Fixed pool: smallest and largest class share of the labels (mean over seeds)\n\n"
+                     f"{shares.to_markdown()}\n")
     growing = frame[frame["experiment"] == "growing"]
     if len(growing):
         for learner in LEARNERS:

@@ -59,30 +59,29 @@ def tracked_hash(root: Path, target: str) -> str | None:
     return md5_of(yaml.safe_load(dvc_file.read_text())["outs"][0])
 
 
-def _store_roots(root: Path) -> list[Path]:
-    """Where DVC keeps objects: the project's cache, then its default remote if that is a folder."""
-    import configparser
-
-    root = Path(root)
-    stores = [root / ".dvc" / "cache"]
-    config = configparser.ConfigParser()
-    config.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
-    remote = config.get("core", "remote", fallback=None)
-    # DVC writes the section as ['remote "name"'] (quotes included), hand-written configs as [remote "name"].
-    url = next((config.get(section, "url") for section in (f"'remote \"{remote}\"'", f'remote "{remote}"')
-                if remote and config.has_option(section, "url")), None)
-    if url and "://" not in url:
-        stores.append((root / ".dvc" / url).resolve())
-    return stores
-
-
-def has_remote(root: Path) -> bool:
-    """Whether the project names a default DVC remote."""
+def default_remote(root: Path) -> tuple[str, str | None] | None:
+    """The project's default DVC remote as (name, url), or None when none is configured."""
     import configparser
 
     config = configparser.ConfigParser()
     config.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
-    return config.get("core", "remote", fallback=None) is not None
+    remote = config.get("core", "remote", fallback=None)
+    if remote is None:
+        return None
+    # DVC writes the section as ['remote "name"'] (quotes included), hand-written configs as [remote "name"].
+    url = next((config.get(section, "url") for section in (f"'remote \"{remote}\"'", f'remote "{remote}"')
+                if config.has_option(section, "url")), None)
+    return remote, url
+
+
+def _store_roots(root: Path) -> list[Path]:
+    """Where DVC keeps objects: the project's cache, then its default remote if that is a folder."""
+    root = Path(root)
+    stores = [root / ".dvc" / "cache"]
+    remote = default_remote(root)
+    if remote is not None and remote[1] and "://" not in remote[1]:
+        stores.append((root / ".dvc" / remote[1]).resolve())
+    return stores
 
 
 def find_object(root: Path, md5: str) -> Path | None:

@@ -60,6 +60,9 @@ class Records:
             raise LineageError(f"the MLflow store {self.uri} holds no 'bilaf' experiment: run the pipeline first")
         self.experiment_id = experiment.experiment_id
         self._scratch = tempfile.TemporaryDirectory()
+        # Each record is read and checked once, however many picks and rounds cite it.
+        self._artifacts: dict[tuple[str, str], Path] = {}
+        self._verified: set[str] = set()
 
     def runs(self, asset: str, extra: str = "") -> list:
         """FINISHED runs of one asset, oldest first."""
@@ -77,6 +80,12 @@ class Records:
     def artifact(self, run, relative: str) -> Path:
         """A file the run logged, after checking it against the run's output manifest and the
         manifest against the run's tag."""
+        key = (run.info.run_id, relative)
+        if key not in self._artifacts:
+            self._artifacts[key] = self._checked_download(run, relative)
+        return self._artifacts[key]
+
+    def _checked_download(self, run, relative: str) -> Path:
         from dagster_project.defs.tracking import OUTPUT_MANIFEST, canonical_sha256, sha256_file
 
         run_id = run.info.run_id
@@ -104,6 +113,8 @@ class Records:
         """The run's parameters hash to its tags, its Dagster run exists, its output is still stored."""
         from dagster_project.config import section_hash_of, validated_section
 
+        if run.info.run_id in self._verified:
+            return
         tags, asset = run.data.tags, run.data.tags["asset_key"]
         for section in lineage_params(asset):
             values = {key.removeprefix(f"{section}."): _typed(value) for key, value in run.data.params.items()
@@ -123,6 +134,7 @@ class Records:
         if dvc.is_dvc_project(self.paths.root) and dvc.find_object(self.paths.root, tags["dvc_md5"]) is None:
             raise LineageError(f"{asset} version {tags['dvc_md5']} (MLflow run {run.info.run_id}) is in neither the "
                                "DVC cache nor the default remote any more (was `dvc gc` run?)")
+        self._verified.add(run.info.run_id)
 
     @cached_property
     def dagster_runs(self) -> dict[str, Any]:

@@ -69,7 +69,9 @@ def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc
     from dagster_project.features import read_manifest
 
     params = project.params()
-    with mlflow.asset_run(context, "pool", code_provenance(project.paths.root)) as tracked:
+    provenance, diff = code_provenance(project.paths.root)
+    with mlflow.asset_run(context, "pool", provenance) as tracked:
+        _log_code_diff(tracked, diff)
         report = sync_configured_pool(project.paths, params)
         dvc_hash = dvc.track_source(SOURCE_PATHS["pool"])
         tracked.set_tags({"data_version": dvc_hash, "pool_version": report.version})
@@ -134,8 +136,9 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
                 metadata={**previous.asset_materialization.metadata,
                           "reused_from_run": dg.MetadataValue.text(previous.run_id)})
         params = project.params()
-        with mlflow.asset_run(context, spec.name, _lineage_tags(project, params, spec)) as tracked:
-            _log_code_diff(tracked, project.paths.root)
+        provenance, diff = code_provenance(project.paths.root)
+        with mlflow.asset_run(context, spec.name, _lineage_tags(project, params, spec, provenance)) as tracked:
+            _log_code_diff(tracked, diff)
             with reporting_progress(ProgressLog(context.log)):
                 outcome = run_stage(spec.name, project.paths.root, params)
             output_hash = dvc.commit_stage(spec.name)
@@ -163,13 +166,14 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
     return _materialize
 
 
-def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec) -> dict[str, str]:
+def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec,
+                  provenance: dict[str, str]) -> dict[str, str]:
     import torch
 
     from dagster_project.dvc import tracked_hash
 
     # What varies across machines: float results depend on the thread count and the CPU's kernels.
-    tags = {**code_provenance(project.paths.root), "code_version": spec.code_version(),
+    tags = {**provenance, "code_version": spec.code_version(),
             "backbone": params.features.backbone, "torch_threads": str(torch.get_num_threads()),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_version": torch.__version__}
     tags.update({f"params_hash:{section}": params.section_hash(section) for section in lineage_params(spec.name)})
@@ -186,29 +190,25 @@ _PIPELINE_STATE = (":(exclude)dvc.lock", ":(exclude)*.dvc", ":(exclude)**/*.dvc"
                    ":(exclude).gitignore", ":(exclude)**/.gitignore")
 
 
-def code_provenance(root: Path) -> dict[str, str]:
-    """The git commit and whether the tracked code differs from it: `git_code_diff` is "clean" or
-    the sha256 of the exact diff (logged beside as `code.diff`; files the pipeline rewrites,
-    dvc.lock, the .dvc files, params.yaml, are not code: a params change is not a code change)."""
+def code_provenance(root: Path) -> tuple[dict[str, str], bytes]:
+    """The git commit and whether the tracked code differs from it, and that diff (`git diff HEAD`,
+    empty when the code is the commit's): `git_code_diff` is "clean" or the sha256 of the exact diff
+    (logged beside as `code.diff`; files the pipeline rewrites, dvc.lock, the .dvc files, params.yaml,
+    are not code: a params change is not a code change)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": "unknown", "git_code_diff": "unknown"}
-    diff = code_diff(root)
-    return {"git_commit": head.stdout.strip(), "git_code_diff": hashlib.sha256(diff).hexdigest() if diff else "clean"}
-
-
-def code_diff(root: Path) -> bytes:
-    """`git diff HEAD` of the tracked code (empty when the code is the commit's)."""
+        return {"git_commit": "unknown", "git_code_diff": "unknown"}, b""
     completed = subprocess.run(["git", "diff", "HEAD", "--binary", "--", ".", *_PIPELINE_STATE], cwd=root,
                                capture_output=True)
-    return completed.stdout if completed.returncode == 0 else b""
+    diff = completed.stdout if completed.returncode == 0 else b""
+    return ({"git_commit": head.stdout.strip(), "git_code_diff": hashlib.sha256(diff).hexdigest() if diff else "clean"},
+            diff)
 
 
-def _log_code_diff(tracked, root: Path) -> None:
+def _log_code_diff(tracked, diff: bytes) -> None:
     import tempfile
 
-    diff = code_diff(root)
     if diff:
         with tempfile.TemporaryDirectory() as scratch:
             (Path(scratch) / "code.diff").write_bytes(diff)

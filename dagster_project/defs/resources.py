@@ -67,5 +67,5 @@ class DvcResource(dg.ConfigurableResource):
         return {dep["path"]: dvc.md5_of(dep) for dep in self._lock()[stage].get("deps", [])}
 
     def _maybe_push(self, target: str) -> None:
-        if self.push and dvc.has_remote(Path(self.root)):
+        if self.push and dvc.default_remote(Path(self.root)) is not None:
             dvc.run_dvc(Path(self.root), "push", "-q", target)
