@@ -7,12 +7,17 @@ Two precisions:
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from scipy.spatial.distance import cdist
 
 BLOCK_ELEMENTS = 1 << 24  # entries per distance block (64 MB in float32)
 DENSE_CLUSTER_LIMIT = 4096  # larger clusters get their distances block by block, never n x n
+# Exact distances (SciPy, ~30x slower than a matmul) are worth keeping: one dense matrix up to
+# this size (2 GiB of float64), so that no pair is computed twice.
+EXACT_DENSE_LIMIT = 16_384
 _SHORTLIST_MARGIN = 3  # extra candidates kept by shortlisting searches
 _SHORTLIST_TOLERANCE = 1e-9  # relative slack that covers float64 matmul rounding
 
@@ -36,6 +41,23 @@ def stage2_points(features: np.ndarray, normalize: bool, exact: bool) -> np.ndar
     if normalize:
         return l2_normalize(features, dtype)
     return np.ascontiguousarray(features, dtype=dtype)
+
+
+def exact_distances(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """SciPy ``cdist`` (Euclidean), row chunks on torch's thread count. A pair's value does not
+    depend on the chunk it is computed in, and SciPy releases the GIL, so threads split the work."""
+    n_threads = max(1, torch.get_num_threads())
+    if n_threads == 1 or len(rows) * len(columns) < 1 << 16:
+        return cdist(rows, columns)
+    out = np.empty((len(rows), len(columns)))
+    step = -(-len(rows) // (4 * n_threads))
+
+    def fill(start: int) -> None:
+        out[start:start + step] = cdist(rows[start:start + step], columns)
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(fill, range(0, len(rows), step)))
+    return out
 
 
 def rows_per_block(n_columns: int) -> int:
@@ -147,7 +169,7 @@ def _exact_shortlist(points: np.ndarray, rows: np.ndarray, centres: np.ndarray, 
                 np.einsum("ij,ij->i", block, block) + max_centre_sq)
         unsure = np.flatnonzero(approx_d2[:, -1] - approx_d2[:, n_nearest - 1] <= slack)
         if unsure.size:
-            full = cdist(points[rows[unsure]], centres)
+            full = exact_distances(points[rows[unsure]], centres)
             every = np.broadcast_to(np.arange(len(centres)), full.shape)
             pick = np.lexsort((every, full), axis=-1)[:, :n_short]
             ids[unsure] = pick
@@ -172,7 +194,7 @@ class ClusterDistances:
             self._tensor = torch.as_tensor(points, dtype=torch.float32, device=device())
             self._norms = (self._tensor * self._tensor).sum(1)
         everything = np.arange(self.n)
-        small = self.n <= DENSE_CLUSTER_LIMIT
+        small = self.n <= (EXACT_DENSE_LIMIT if exact else DENSE_CLUSTER_LIMIT)
         self._dense = self._compute(everything, everything) if small else None
 
     def block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -182,7 +204,7 @@ class ClusterDistances:
 
     def _compute(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         if self.exact:
-            return cdist(self.points[rows], self.points[cols])
+            return exact_distances(self.points[rows], self.points[cols])
         rows_t = torch.as_tensor(rows, device=self._tensor.device)
         cols_t = torch.as_tensor(cols, device=self._tensor.device)
         d2 = squared_distances(self._tensor[rows_t], self._norms[rows_t], self._tensor[cols_t],

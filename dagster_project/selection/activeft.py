@@ -1,13 +1,16 @@
 """ActiveFT core selection (ALGORITHM.md §3): learn K unit anchors, map each to a distinct item.
 
 The pool similarity block is never kept for autograd: the owner of every item is found without
-gradient, chunk by chunk, and the attraction gradient is scattered onto the owning anchors, which
-is exactly the gradient of the official code's ``max`` over the similarity matrix.
+gradient and the attraction gradient is scattered onto the owning anchors, which is exactly the
+gradient of the official code's ``max`` over the similarity matrix. Owners are tracked across
+iterations with similarity bounds (``OwnerTracker``), so a step costs a few passes over the pool
+instead of the full items x anchors product.
 """
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +20,13 @@ import torch.nn.functional as F
 
 from dagster_project import choices
 
-from ._geometry import claim_items, device, scatter_rows, top_matches
+from ._geometry import claim_items, device, rows_per_block, scatter_rows, top_matches
 from .progress import Progress
 
 LOSS_FORMS = choices.ACTIVEFT_LOSSES
 FULL_BATCH_LIMIT = 100_000  # larger pools use a fresh random subset of this size per iteration
+BOUND_ENTRY_LIMIT = 1 << 27  # items x anchors similarity bounds kept (512 MB); beyond: full search
+_BOUND_SLACK = 1e-4  # covers float32 rounding of unit dot products and of the accumulated drift
 
 
 @dataclass(frozen=True)
@@ -82,15 +87,17 @@ def activeft(unit_features: np.ndarray, n_anchors: int, seed: int, params: Activ
     anchors = torch.nn.Parameter(items[torch.as_tensor(start, device=dev)].clone())
     optimizer = torch.optim.Adam([anchors], lr=params.learning_rate)
     batch_size = min(n_items, params.batch_size or min(n_items, FULL_BATCH_LIMIT))
+    n_every = n_anchors + (0 if fixed is None else len(fixed))
+    tracker = OwnerTracker(n_items, n_every, dev) if n_items * n_every <= BOUND_ENTRY_LIMIT else None
     losses = []
     steps = Progress(range(params.n_iterations), "ActiveFT")
     for _ in steps:
         if batch_size == n_items:
-            batch = items
+            batch, rows = items, None
         else:
-            chosen = np.sort(rng.choice(n_items, batch_size, replace=False))
-            batch = items[torch.as_tensor(chosen, device=dev)]
-        loss = _loss(batch, anchors, params, fixed)
+            rows = torch.as_tensor(np.sort(rng.choice(n_items, batch_size, replace=False)), device=dev)
+            batch = items[rows]
+        loss = _loss(batch, anchors, params, fixed, tracker, rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -128,11 +135,19 @@ def _seed_away_from(items: torch.Tensor, fixed: torch.Tensor, taken: np.ndarray,
 
 
 def _loss(batch: torch.Tensor, anchors: torch.Tensor, params: ActiveFTParams,
-          fixed: torch.Tensor | None = None) -> torch.Tensor:
-    """The ActiveFT loss of the trainable ``anchors`` beside the unit ``fixed`` anchors (if any)."""
+          fixed: torch.Tensor | None = None, tracker: OwnerTracker | None = None,
+          rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The ActiveFT loss of the trainable ``anchors`` beside the unit ``fixed`` anchors (if any).
+
+    ``batch`` holds the pool items ``rows`` (None: the whole pool, in order); a ``tracker`` finds
+    their owners from its bounds, else a full search does.
+    """
     unit_anchors = F.normalize(anchors, dim=1)
     every = unit_anchors if fixed is None else torch.cat([unit_anchors, fixed])
-    similarity, owner = _owning_anchor(batch, every.detach())
+    if tracker is None:
+        similarity, owner = _owning_anchor(batch, every.detach())
+    else:
+        similarity, owner = tracker.owners(batch, rows, every.detach())
     similarity = _OwnedSimilarity.apply(every, similarity, batch, owner)
     logits = similarity / params.temperature
     if params.loss == "code":
@@ -155,6 +170,102 @@ def _owning_anchor(batch: torch.Tensor, unit_anchors: torch.Tensor
     """Highest similarity of each item to any anchor and that anchor (lower id on ties)."""
     owner, similarity = top_matches(batch, unit_anchors, 1, "dot")
     return similarity[:, 0], owner[:, 0]
+
+
+class OwnerTracker:
+    """Each item's owning anchor over the iterations, exact, without the items x anchors product.
+
+    Elkan's k-means bounds in cosine form: an anchor that moved by ``delta`` (Euclidean, unit
+    vectors) changes a unit item's similarity to it by at most ``delta``. Every (item, anchor)
+    pair keeps an upper bound of their similarity, stored minus the anchor's accumulated drift so
+    that moving an anchor costs nothing per item. A step computes each item's similarity to its
+    owner and, only for the pairs whose bound reaches it, the true similarity (a sampled matmul);
+    the other anchors cannot own the item. The owner is the highest similarity, lower id on ties,
+    as in a full search. An item seen for the first time gets the full search.
+    """
+
+    def __init__(self, n_items: int, n_anchors: int, dev: torch.device):
+        self.bounds = torch.empty((n_items, n_anchors), device=dev)
+        self.owner = torch.full((n_items,), -1, dtype=torch.long, device=dev)
+        self.drift = torch.zeros(n_anchors, device=dev)
+        self._previous: torch.Tensor | None = None
+        self._buffer = torch.empty(0, device=dev)
+
+    def _scratch(self, shape: torch.Size) -> torch.Tensor:
+        """A reused block for the bound test (fresh large allocations cost page faults each step)."""
+        if self._buffer.numel() < shape.numel():
+            self._buffer = torch.empty(shape.numel(), device=self._buffer.device)
+        return self._buffer[:shape.numel()].view(shape)
+
+    @torch.no_grad()
+    def owners(self, batch: torch.Tensor, rows: torch.Tensor | None, unit_anchors: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(similarity to the owner, owner) of the items ``rows`` (None: all) given as ``batch``."""
+        if self._previous is not None:
+            self.drift += torch.linalg.vector_norm(unit_anchors - self._previous, dim=1)
+        self._previous = unit_anchors.clone()
+        bounds = self.bounds if rows is None else self.bounds[rows]
+        owner = self.owner if rows is None else self.owner[rows]
+        similarity = torch.empty(len(batch), dtype=batch.dtype, device=batch.device)
+        step = rows_per_block(len(unit_anchors))
+        for start in range(0, len(batch), step):
+            part = slice(start, start + step)
+            if bool((owner[part] < 0).any()):
+                self._search(batch[part], unit_anchors, bounds[part], owner[part], similarity[part])
+            else:
+                self._refine(batch[part], unit_anchors, bounds[part], owner[part], similarity[part])
+        if rows is not None:
+            self.bounds[rows] = bounds
+            self.owner[rows] = owner
+        return similarity, owner.clone()
+
+    def _search(self, batch: torch.Tensor, unit_anchors: torch.Tensor, bounds: torch.Tensor,
+                owner: torch.Tensor, similarity: torch.Tensor) -> None:
+        """Full search: every similarity becomes its own bound."""
+        scores = batch @ unit_anchors.T
+        best, first = scores.max(dim=1)  # first maximum: lower id
+        owner.copy_(first)
+        similarity.copy_(best)
+        torch.sub(scores, self.drift, out=bounds)
+
+    def _refine(self, batch: torch.Tensor, unit_anchors: torch.Tensor, bounds: torch.Tensor,
+                owner: torch.Tensor, similarity: torch.Tensor) -> None:
+        """Owners from the bounds: only the pairs that might beat the current owner are computed."""
+        n_rows = len(batch)
+        own = _sampled_products(batch, unit_anchors, torch.arange(n_rows + 1, device=batch.device),
+                                owner)
+        reach = torch.add(bounds, self.drift, out=self._scratch(bounds.shape))
+        reach.scatter_(1, owner[:, None], -torch.inf)
+        hit_rows, cols = (reach >= (own - _BOUND_SLACK)[:, None]).nonzero(as_tuple=True)
+        similarity.copy_(own)
+        if len(cols) == 0:
+            return
+        row_starts = torch.zeros(n_rows + 1, dtype=torch.long, device=batch.device)
+        torch.cumsum(torch.bincount(hit_rows, minlength=n_rows), 0, out=row_starts[1:])
+        values = _sampled_products(batch, unit_anchors, row_starts, cols)
+        bounds[hit_rows, cols] = values - self.drift[cols]
+        best = own.scatter_reduce(0, hit_rows, values, reduce="amax", include_self=True)
+        at_best = values == best[hit_rows]
+        lowest = torch.full_like(owner, len(unit_anchors)).scatter_reduce(
+            0, hit_rows[at_best], cols[at_best], reduce="amin", include_self=True)
+        keep_owner = (own == best) & (owner < lowest)
+        new_owner = torch.where(keep_owner, owner, lowest)
+        moved = torch.nonzero(new_owner != owner).flatten()
+        bounds[moved, owner[moved]] = own[moved] - self.drift[owner[moved]]
+        owner.copy_(new_owner)
+        similarity.copy_(best)
+
+
+def _sampled_products(batch: torch.Tensor, keys: torch.Tensor, row_starts: torch.Tensor,
+                      cols: torch.Tensor) -> torch.Tensor:
+    """``batch[i] . keys[cols[j]]`` for the pairs of a CSR pattern (row i owns the entries
+    ``row_starts[i]:row_starts[i + 1]``), without gathering rows."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is tested here
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(row_starts, cols,
+                                          torch.zeros(len(cols), dtype=batch.dtype, device=batch.device),
+                                          (len(batch), len(keys)), check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, batch, keys.T, beta=0.0).values()
 
 
 class _OwnedSimilarity(torch.autograd.Function):

@@ -9,7 +9,8 @@ from scipy.spatial.distance import cdist
 
 from dagster_project.selection import ActiveFTParams, select, select_cores
 from dagster_project.selection._geometry import claim_items, scatter_rows, top_matches
-from dagster_project.selection.activeft import _loss
+from dagster_project.selection import activeft as activeft_module
+from dagster_project.selection.activeft import OwnerTracker, _loss
 
 
 def _repo_code_loss(items: torch.Tensor, anchors: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
@@ -147,3 +148,41 @@ def test_top_matches_equals_a_full_sort(mixture):
         assert ids[row].tolist() == np.lexsort((np.arange(60), distances[row]))[:5].tolist()
     owners, _ = top_matches(torch.from_numpy(points), torch.from_numpy(keys), 1, "dot")
     assert owners[:, 0].tolist() == np.argmax(points @ keys.T, axis=1).tolist()
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_owner_tracker_finds_the_full_search_owners_along_a_trajectory(subset):
+    """The bounded owner search gives the full search's owners and similarities at every step,
+    ties to the lower anchor id included (duplicated items and a duplicated anchor make ties)."""
+    generator = torch.Generator().manual_seed(3)
+    items = F.normalize(torch.randn(3000, 24, generator=generator), dim=1)
+    items[1500:1600] = items[:100]
+    anchors = torch.nn.Parameter(items[torch.randperm(3000, generator=generator)[:40]].clone())
+    with torch.no_grad():
+        anchors[7] = anchors[3]
+    optimizer = torch.optim.Adam([anchors], lr=2e-2)
+    tracker = OwnerTracker(len(items), len(anchors), items.device)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        rows = torch.as_tensor(np.sort(rng.choice(3000, 1200, replace=False))) if subset else None
+        batch = items if rows is None else items[rows]
+        unit = F.normalize(anchors, dim=1)
+        expected_owner, expected_similarity = top_matches(batch, unit.detach(), 1, "dot")
+        similarity, owner = tracker.owners(batch, rows, unit.detach())
+        assert torch.equal(owner, expected_owner[:, 0])
+        torch.testing.assert_close(similarity, expected_similarity[:, 0], rtol=0, atol=1e-5)
+        loss = -(batch @ unit.T).max(dim=1).values.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_activeft_with_and_without_owner_bounds_agree(mixture, monkeypatch):
+    """The bounded search changes the arithmetic, not the optimisation: same loss curve ends, and
+    picks that agree within float rounding (here exactly)."""
+    features, _ = mixture(2000, 8, 16, 2.0, 0)
+    bounded = select_cores(features, 16, "activeft", seed=2, n_iterations=100, learning_rate=1e-2)
+    monkeypatch.setattr(activeft_module, "BOUND_ENTRY_LIMIT", 0)
+    full = select_cores(features, 16, "activeft", seed=2, n_iterations=100, learning_rate=1e-2)
+    assert bounded.params["final_loss"] == pytest.approx(full.params["final_loss"], rel=1e-4)
+    assert bounded.indices.tolist() == full.indices.tolist()

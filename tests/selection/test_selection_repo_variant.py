@@ -103,7 +103,7 @@ def test_repo_variant_matches_spec_with_other_hyperparameters():
 def test_blocked_cluster_distances_give_the_same_selection(monkeypatch):
     z, cores = _pool(600, 4, 5)
     dense = _repo_run(z, cores, 80)
-    monkeypatch.setattr(_geometry, "DENSE_CLUSTER_LIMIT", 8)
+    monkeypatch.setattr(_geometry, "EXACT_DENSE_LIMIT", 8)
     monkeypatch.setattr(_geometry, "BLOCK_ELEMENTS", 2048)
     assert _repo_run(z, cores, 80) == dense
 
