@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: env run test test-all ui mlflow-ui data benchmarks clean-env
+.PHONY: env run test test-all lint format ui mlflow-ui data benchmarks clean-env
 
 env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST) $(DAGSTER_HOME)/dagster.yaml
 
@@ -59,6 +59,15 @@ run: env
 test: env
 	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
 
+# ruff (configured in pyproject.toml): lint rules and the formatter's check; `make format` applies both.
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: env
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 test-all: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -71,7 +80,7 @@ mlflow-ui: env
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root mlflow/artifacts
 
 # Label Studio (the annotators' tool) in its own venv, for its round-trip test
-# (tests/annotation/run_label_studio_test.sh) and for annotation teams running it locally.
+# (tests/bilaf/annotation/run_label_studio_test.sh) and for annotation teams running it locally.
 label-studio-env:
 	test -x .venv-labelstudio/bin/label-studio || \
 	  { $(PYTHON) -m venv .venv-labelstudio && .venv-labelstudio/bin/pip install label-studio==1.23.2; }

@@ -32,9 +32,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dagster_project.features import load_embeddings  # noqa: E402
-from dagster_project.selection import select  # noqa: E402
-from dagster_project.training import knn_probe, linear_probe  # noqa: E402
+from bilaf.features import load_embeddings  # noqa: E402
+from bilaf.selection import select  # noqa: E402
+from bilaf.training import knn_probe, linear_probe  # noqa: E402
 
 POOL_SAMPLE = 5000  # pool items whose neighbourhoods give the base rate of class-border items
 

@@ -36,8 +36,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dagster_project import defaults  # noqa: E402
-from dagster_project.features import (  # noqa: E402
+from bilaf import defaults  # noqa: E402
+from bilaf.features import (  # noqa: E402
     DEFAULT_BACKBONE,
     create_classifier,
     embed_pool,
@@ -47,8 +47,8 @@ from dagster_project.features import (  # noqa: E402
     resolve_device,
     sync_pool,
 )
-from dagster_project.selection import default_n_cores, select  # noqa: E402
-from dagster_project.training import (  # noqa: E402
+from bilaf.selection import default_n_cores, select  # noqa: E402
+from bilaf.training import (  # noqa: E402
     FinetuneConfig,
     eval_transform,
     evaluate_finetuned,

@@ -31,7 +31,7 @@ def _measure(data_dir: Path, work_dir: Path, backbone: str, image_size: int, bat
     """Run in a fresh interpreter: pipeline first (for its peak RSS), then the bare forward."""
     import torch
 
-    from dagster_project.features import PoolDataset, build_transform, embed_pool, load_backbone
+    from bilaf.features import PoolDataset, build_transform, embed_pool, load_backbone
 
     start = time.perf_counter()
     info = embed_pool(data_dir, work_dir / "out", backbone=backbone, image_size=image_size,
@@ -73,7 +73,7 @@ def main() -> None:
                                   args.image_size, args.batch_size, args.measure["workers"])))
         return
 
-    from dagster_project.features import sync_pool
+    from bilaf.features import sync_pool
 
     rows = []
     load_before = os.getloadavg()[0]

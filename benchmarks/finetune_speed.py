@@ -34,7 +34,7 @@ from PIL import Image
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from dagster_project.training import (
+from bilaf.training import (
     FinetuneConfig,
     eval_transform,
     evaluate_finetuned,
@@ -108,7 +108,7 @@ def _classifier(num_classes: int) -> tuple[nn.Module, str]:
     """The project's packaged pretrained classifier when the features package provides it."""
     torch.manual_seed(0)
     try:
-        from dagster_project.features.backbones import create_classifier
+        from bilaf.features.backbones import create_classifier
     except ImportError:
         return timm.create_model(ARCH, pretrained=False, num_classes=num_classes), "random"
     return create_classifier(ARCH, num_classes, "packaged"), "packaged ImageNet"

@@ -20,7 +20,7 @@ started=$(date +%s)
 'timm', timm.__version__, 'numpy', numpy.__version__, 'sklearn', sklearn.__version__)"
 } >"$out/env.txt" 2>&1
 
-timeout "${TEST_SECONDS:-70}" "$py" -m pytest tests/selection tests/training -q -m "not heavy" \
+timeout "${TEST_SECONDS:-70}" "$py" -m pytest tests/bilaf/selection tests/bilaf/training -q -m "not heavy" \
   -p no:cacheprovider >"$out/pytest.log" 2>&1
 echo "pytest exit $? after $(($(date +%s) - started)) s" >>"$out/env.txt"
 

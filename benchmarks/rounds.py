@@ -38,9 +38,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dagster_project.features import embed_pool, load_embeddings, sync_pool  # noqa: E402
-from dagster_project.selection import select  # noqa: E402
-from dagster_project.training import knn_probe, linear_probe  # noqa: E402
+from bilaf.features import embed_pool, load_embeddings, sync_pool  # noqa: E402
+from bilaf.selection import select  # noqa: E402
+from bilaf.training import knn_probe, linear_probe  # noqa: E402
 
 # label -> (method, options) for round 1 (nothing known yet) and for the rounds after it.
 FIRST_ROUND = {"ActiveFT": ("activeft", {}), "BiLAF": ("bilaf", {})}

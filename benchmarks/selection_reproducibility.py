@@ -23,9 +23,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dagster_project.features import load_embeddings  # noqa: E402
-from dagster_project.selection import list_methods, select  # noqa: E402
-from dagster_project.training import knn_probe, linear_probe  # noqa: E402
+from bilaf.features import load_embeddings  # noqa: E402
+from bilaf.selection import list_methods, select  # noqa: E402
+from bilaf.training import knn_probe, linear_probe  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -90,12 +90,12 @@ def run_scale(scale: str, variant: str, activeft_iterations: int, threads: int |
 
     if threads:
         torch.set_num_threads(threads)
-    from dagster_project.selection._geometry import device
-    from dagster_project.selection._validation import validate_inputs
-    from dagster_project.selection.boundary import select_boundary_validated
-    from dagster_project.selection.cores import core_pick_order, method_params
-    from dagster_project.selection.denoise import IdcParams, denoise_validated
-    from dagster_project.selection.variants import resolve_settings
+    from bilaf.selection._geometry import device
+    from bilaf.selection._validation import validate_inputs
+    from bilaf.selection.boundary import select_boundary_validated
+    from bilaf.selection.cores import core_pick_order, method_params
+    from bilaf.selection.denoise import IdcParams, denoise_validated
+    from bilaf.selection.variants import resolve_settings
 
     config = SCALES[scale]
     monitor = PeakRss()

@@ -19,11 +19,12 @@ from typing import Any
 
 import pandas as pd
 
-from dagster_project import dvc
-from dagster_project.stages import STAGES, ProjectPaths, lineage_params
+from bilaf.errors import BilafError, InvalidInputError
+from bilaf import dvc
+from bilaf.stages import STAGES, ProjectPaths, lineage_params
 
 
-class LineageError(ValueError):
+class LineageError(InvalidInputError):
     """A recorded fact disagrees with its record (tampered artifact, missing run or version)."""
 
 
@@ -111,7 +112,7 @@ class Records:
 
     def verify(self, run) -> None:
         """The run's parameters hash to its tags, its Dagster run exists, its output is still stored."""
-        from dagster_project.config import section_hash_of, validated_section
+        from bilaf.config import section_hash_of, validated_section
 
         if run.info.run_id in self._verified:
             return
@@ -121,7 +122,7 @@ class Records:
                       if key.startswith(f"{section}.")}
             try:
                 recomputed = section_hash_of(validated_section(section, values))
-            except ValueError as error:
+            except BilafError as error:
                 raise LineageError(f"MLflow run {run.info.run_id}: its {section} parameters are not valid: "
                                    f"{error}") from None
             if recomputed != tags.get(f"params_hash:{section}"):
@@ -239,8 +240,8 @@ def reproduce(run_id: str, root: Path, scratch: Path | None = None,
     folder, with today's code; report whether the picks are identical."""
     import yaml
 
-    from dagster_project.config import Params
-    from dagster_project.stages import run_stage
+    from bilaf.config import Params
+    from bilaf.stages import run_stage
 
     records = Records(root, tracking_uri)
     run = records.client.get_run(run_id)

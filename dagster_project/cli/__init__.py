@@ -6,6 +6,8 @@ import errno
 import importlib
 import sys
 
+from bilaf.errors import BilafError
+
 # sub-command name -> module under dagster_project.cli defining `register(subparsers)`.
 _COMMAND_MODULES = ("data", "embed", "select", "pipeline", "labels")
 
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except ValueError as error:
+    except BilafError as error:  # the user can fix it: one line; anything else is a bug, traceback kept
         print(f"bilaf {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster_project import defaults, dvc
-from dagster_project.choices import ON_UNREADABLE, SOURCES, SPLITS
-from dagster_project.lock import project_lock
+from bilaf import defaults, dvc
+from bilaf.choices import ON_UNREADABLE, SOURCES, SPLITS
+from bilaf.lock import project_lock
 
 if TYPE_CHECKING:
-    from dagster_project.features.pool import PoolReport
+    from bilaf.features.pool import PoolReport
 
 _UNREADABLE_SHOWN = 5
 
@@ -72,7 +72,7 @@ def _counts(report: PoolReport) -> str:
 
 
 def _list_unreadable(report: PoolReport, data_dir: Path) -> None:
-    from dagster_project.features.pool import REPORT_NAME
+    from bilaf.features.pool import REPORT_NAME
 
     for entry in report.unreadable[:_UNREADABLE_SHOWN]:
         print(f"  unreadable {entry['origin']}: {entry['reason']}", file=sys.stderr)
@@ -82,7 +82,7 @@ def _list_unreadable(report: PoolReport, data_dir: Path) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from dagster_project.features.pool import REPORT_NAME, sync_pool
+    from bilaf.features.pool import REPORT_NAME, sync_pool
 
     report = sync_pool(args.out, args.source, root=args.root, train_size=args.train_size,
                        test_size=args.test_size, seed=args.seed, on_unreadable=args.on_unreadable)
@@ -94,7 +94,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from dagster_project.features.pool import ingest_folder
+    from bilaf.features.pool import ingest_folder
 
     data_dir = args.project / "data"
     with project_lock(args.project.resolve(), f"bilaf ingest {args.folder}"):

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dagster_project import defaults
-
-
+from bilaf import defaults
 def register(subparsers: argparse._SubParsersAction) -> None:
     embed = subparsers.add_parser(
         "embed", help="embed the pool with a pretrained backbone",
@@ -32,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from dagster_project.features.embeddings import embed_pool
+    from bilaf.features.embeddings import embed_pool
 
     info = embed_pool(args.data, args.out, backbone=args.backbone, weights=args.weights,
                       image_size=args.image_size, batch_size=args.batch_size,

@@ -11,8 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dagster_project import dvc
-from dagster_project.lock import project_lock
+from bilaf.errors import BilafError, InvalidInputError
+from bilaf import dvc
+from bilaf.lock import project_lock
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,10 +55,10 @@ def _add_project(parser: argparse.ArgumentParser) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from dagster_project import rounds
-    from dagster_project.annotation import import_labels, read_annotator_file
-    from dagster_project.features import read_manifest
-    from dagster_project.stages import SOURCE_PATHS, ProjectPaths, pool_classes
+    from bilaf import rounds
+    from bilaf.annotation import import_labels, read_annotator_file
+    from bilaf.features import read_manifest
+    from bilaf.stages import SOURCE_PATHS, ProjectPaths, pool_classes
 
     paths = ProjectPaths(args.project)
     annotator_file = read_annotator_file(args.file)
@@ -68,8 +69,8 @@ def _import(args: argparse.Namespace) -> int:
             report = import_labels(paths.labels, annotator_file.rows, args.round_number,
                                    pool_ids=set(manifest["id"]), batch_ids=batch_ids,
                                    classes=pool_classes(manifest))
-        except ValueError as error:
-            raise ValueError(f"{args.file}: nothing imported: {error}") from None
+        except BilafError as error:
+            raise InvalidInputError(f"{args.file}: nothing imported: {error}") from None
         print(f"round {report.round_number} from {args.file} ({annotator_file.format}): {report.added} label(s) "
               f"added, {report.already_known} already known, {len(annotator_file.not_annotated)} not annotated "
               f"yet; {report.batch_unlabeled} of the round's {len(batch_ids)} items still unlabeled; "
@@ -81,10 +82,10 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from dagster_project import artifacts
-    from dagster_project.annotation import label_studio_tasks
-    from dagster_project.features import read_manifest
-    from dagster_project.stages import ProjectPaths, resolve_image
+    from bilaf import artifacts
+    from bilaf.annotation import label_studio_tasks
+    from bilaf.features import read_manifest
+    from bilaf.stages import ProjectPaths, resolve_image
 
     paths = ProjectPaths(args.project)
     manifest = read_manifest(paths.data)
@@ -100,9 +101,9 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from dagster_project.annotation import labeling_config
-    from dagster_project.features import read_manifest
-    from dagster_project.stages import ProjectPaths, pool_classes
+    from bilaf.annotation import labeling_config
+    from bilaf.features import read_manifest
+    from bilaf.stages import ProjectPaths, pool_classes
 
     classes = pool_classes(read_manifest(ProjectPaths(args.project).data))
     args.out.write_text(labeling_config(classes))
@@ -114,6 +115,5 @@ def _batch_rows(root: Path, round_number: int) -> list[dict[str, Any]]:
     """Round `round_number`'s batch rows (rank, id, path, role, ...)."""
     import pandas as pd
 
-    from dagster_project import rounds
-
+    from bilaf import rounds
     return pd.read_csv(rounds.round_batch_file(root, round_number), dtype={"id": str}).to_dict("records")

@@ -7,9 +7,10 @@ import argparse
 import time
 from pathlib import Path
 
-from dagster_project.artifacts import remove_leftovers
-from dagster_project.choices import STAGES
-from dagster_project.lock import project_lock
+from bilaf.errors import InvalidInputError
+from bilaf.artifacts import remove_leftovers
+from bilaf.choices import STAGES
+from bilaf.lock import project_lock
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from dagster_project.config import load_params
-    from dagster_project.stages import ProjectPaths, check_budget, run_stage
+    from bilaf.config import load_params
+    from bilaf.stages import ProjectPaths, check_budget, run_stage
 
     paths = ProjectPaths(args.project.resolve())
     params = load_params(paths.params)
@@ -113,8 +114,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _rounds(args: argparse.Namespace) -> int:
-    from dagster_project.rounds import Ledger, issued_batch
-    from dagster_project.stages import ProjectPaths, RoundKnowledge
+    from bilaf.rounds import Ledger, issued_batch
+    from bilaf.stages import ProjectPaths, RoundKnowledge
 
     paths = ProjectPaths(args.project.resolve())
     ledger = Ledger.load(paths.root)
@@ -140,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
     from dagster_project.defs.tracking import close_abandoned_runs, process_tags
-    from dagster_project.stages import check_budget
+    from bilaf.stages import check_budget
 
     root = args.project.resolve()
     project_dagster_home(root)
@@ -155,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
             print(line)
         running = refresh_in_flight(instance)
         if running is not None:
-            raise ValueError(f"Dagster run {running.dagster_run.run_id} of this project is "
+            raise InvalidInputError(f"Dagster run {running.dagster_run.run_id} of this project is "
                              f"{running.dagster_run.status.value}: wait for it (Dagster UI: `make ui`)")
         plan = plan_refresh(instance, project.paths, params)
         if not plan:
@@ -186,10 +187,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _summary(paths) -> str:
     """One line on the round the run left: batch, labels, model."""
-    from dagster_project import artifacts
-    from dagster_project.stages import RoundKnowledge
+    from bilaf import artifacts
+    from bilaf.stages import RoundKnowledge
 
-    from dagster_project.stages import pool_unreadable
+    from bilaf.stages import pool_unreadable
 
     known = RoundKnowledge.load(paths)
     parts = [f"Round {known.round}: {len(known.labeled)} labeled, {len(known.pending)} pending."]

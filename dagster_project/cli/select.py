@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster_project import choices, defaults
-
+from bilaf.errors import InvalidInputError, MissingFileError
+from bilaf import choices, defaults
 if TYPE_CHECKING:
     import numpy as np
 
-    from dagster_project.selection import SelectionResult
+    from bilaf.selection import SelectionResult
 
 # Hyper-parameter flags passed on to `select` as options when set (unset flags keep defaults).
 _OPTION_FLAGS = ("penalty", "removal_ratio", "ring_fraction", "n_neighbors", "n_iterations",
@@ -69,10 +69,10 @@ class Candidates:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dagster_project.selection import select
+    from bilaf.selection import select
 
     if args.out.suffix not in (".csv", ".json"):
-        raise ValueError(f"--out must end in .csv or .json; got {args.out}")
+        raise InvalidInputError(f"--out must end in .csv or .json; got {args.out}")
     candidates = load_candidates(args.features, split=args.split, data=args.data)
     options = {name: getattr(args, name) for name in _OPTION_FLAGS
                if getattr(args, name) is not None}
@@ -93,25 +93,25 @@ def load_candidates(path: Path, split: str | None = None, data: Path | None = No
     if path.is_dir():
         return _embeddings_candidates(path, split, data)
     if split is not None or data is not None:
-        raise ValueError(f"--split and --data need an embeddings folder (`bilaf embed --out`); got {path}")
+        raise InvalidInputError(f"--split and --data need an embeddings folder (`bilaf embed --out`); got {path}")
     if not path.is_file():
-        raise ValueError(f"features file {path} does not exist")
+        raise MissingFileError(f"features file {path} does not exist")
     if path.suffix == ".npy":
         features = np.load(path)
     elif path.suffix == ".npz":
         with np.load(path) as archive:
             if "features" not in archive.files:
-                raise ValueError(f"{path} has no array named 'features' (it has {archive.files})")
+                raise InvalidInputError(f"{path} has no array named 'features' (it has {archive.files})")
             features = archive["features"]
     else:
-        raise ValueError(f"features file must be .npy or .npz; got {path}")
+        raise InvalidInputError(f"features file must be .npy or .npz; got {path}")
     return Candidates(features=features, rows=np.arange(len(features)))
 
 
 def _embeddings_candidates(folder: Path, split: str | None, data: Path | None) -> Candidates:
     import numpy as np
 
-    from dagster_project.features import load_embeddings, read_manifest
+    from bilaf.features import load_embeddings, read_manifest
 
     embeddings = load_embeddings(folder)
     if split is None:
@@ -126,14 +126,14 @@ def _embeddings_candidates(folder: Path, split: str | None, data: Path | None) -
         path_of = dict(zip(manifest["id"], manifest["path"]))
         missing = [item for item in ids if item not in path_of]
         if missing:
-            raise ValueError(f"{len(missing)} item(s) of {folder} are not in {data}/manifest.csv, e.g. {missing[0]}")
+            raise InvalidInputError(f"{len(missing)} item(s) of {folder} are not in {data}/manifest.csv, e.g. {missing[0]}")
         paths = [str(data / path_of[item]) for item in ids]
     return Candidates(features=features, rows=rows, ids=ids, paths=paths)
 
 
 def write_result(result: SelectionResult, path: Path, candidates: Candidates) -> None:
     """The picks as CSV (one row each) or the whole result as JSON, with ids and paths where known."""
-    from dagster_project.selection.results import RECORD_FIELDS
+    from bilaf.selection.results import RECORD_FIELDS
 
     items = {name: [values[index] for index in result.indices.tolist()]
              for name, values in (("id", candidates.ids), ("path", candidates.paths)) if values is not None}

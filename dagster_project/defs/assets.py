@@ -19,10 +19,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.config import Params
+from bilaf.config import Params
 from dagster_project.defs.resources import DvcResource, ProjectResource
 from dagster_project.defs.tracking import MlflowResource
-from dagster_project.stages import (SOURCE_PATHS, STAGES, StageOutcome, StageSpec, imported_labels, labels_version,
+from bilaf.stages import (SOURCE_PATHS, STAGES, StageOutcome, StageSpec, imported_labels, labels_version,
                                     lineage_params, run_stage, sync_configured_pool)
 
 PARAMS_GROUP = "parameters"
@@ -66,7 +66,7 @@ def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc
                 mlflow: MlflowResource) -> dg.ObserveResult:
     from dagster_project.defs.planning import configured_source_fingerprint
 
-    from dagster_project.features import read_manifest
+    from bilaf.features import read_manifest
 
     params = project.params()
     provenance, diff = code_provenance(project.paths.root)
@@ -101,8 +101,8 @@ def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc
                             description="The annotators' labels (labels/, one file per round plus the merged "
                                         "view), written by `bilaf labels import`; versioned by content.")
 def labels_source(project: ProjectResource, dvc: DvcResource) -> dg.ObserveResult:
-    from dagster_project.annotation import ensure_store
-    from dagster_project.features import read_manifest
+    from bilaf.annotation import ensure_store
+    from bilaf.features import read_manifest
 
     params = project.params()
     ensure_store(project.paths.labels)
@@ -125,7 +125,7 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
                      mlflow: MlflowResource) -> dg.MaterializeResult:
         from dagster_project.defs.planning import reusable_materialization
         from dagster_project.defs.progress import ProgressLog
-        from dagster_project.selection.progress import reporting_progress
+        from bilaf.selection.progress import reporting_progress
 
         previous = reusable_materialization(context.instance, project.paths, spec.name)
         if previous is not None:
@@ -144,14 +144,14 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
             output_hash = dvc.commit_stage(spec.name)
             tracked.set_tags({"dvc_md5": output_hash,
                               **{f"dvc_input:{path}": md5 for path, md5 in dvc.dependency_hashes(spec.name).items()
-                                 if not path.startswith("dagster_project")},
+                                 if not path.startswith("bilaf/")},
                               **({"round": str(outcome.metadata["round"])} if "round" in outcome.metadata else {})})
             for section in lineage_params(spec.name):
                 tracked.log_params(params.section(section), prefix=f"{section}.")
             tracked.log_metrics(outcome.metrics)
             tracked.log_output(project.paths.output(spec.name))
             if "pool" in spec.sources:
-                from dagster_project.features import pool_version, read_manifest
+                from bilaf.features import pool_version, read_manifest
 
                 tracked.log_pool(read_manifest(project.paths.data), pool_version(project.paths.data),
                                  project.paths.data)
@@ -170,7 +170,7 @@ def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec,
                   provenance: dict[str, str]) -> dict[str, str]:
     import torch
 
-    from dagster_project.dvc import tracked_hash
+    from bilaf.dvc import tracked_hash
 
     # What varies across machines: float results depend on the thread count and the CPU's kernels.
     tags = {**provenance, "code_version": spec.code_version(),

@@ -5,14 +5,14 @@ import pandas as pd
 
 import dagster as dg
 
-from dagster_project import artifacts
+from bilaf import artifacts
 from dagster_project.defs.resources import ProjectResource
 
 
 @dg.asset_check(asset="embeddings", blocking=True,
                 description="Every pool item has exactly one finite embedding row.")
 def embeddings_complete_and_finite(project: ProjectResource) -> dg.AssetCheckResult:
-    from dagster_project.features import load_embeddings, read_manifest
+    from bilaf.features import load_embeddings, read_manifest
 
     embeddings = load_embeddings(project.paths.output("embeddings"))
     manifest_ids = set(read_manifest(project.paths.data)["id"])
@@ -31,7 +31,7 @@ def embeddings_complete_and_finite(project: ProjectResource) -> dg.AssetCheckRes
 @dg.asset_check(asset="embeddings", description="Every file of the pool's sources could be read (warns, with "
                                                    "the files and reasons, when some were skipped).")
 def pool_files_are_readable(project: ProjectResource) -> dg.AssetCheckResult:
-    from dagster_project.stages import pool_unreadable
+    from bilaf.stages import pool_unreadable
 
     unreadable = pool_unreadable(project.paths)
     return dg.AssetCheckResult(
@@ -65,7 +65,7 @@ def selection_has_no_duplicates(project: ProjectResource) -> dg.AssetCheckResult
 
 @dg.asset_check(asset="boundary_set", blocking=True, description="Every selected id exists in the pool.")
 def selection_ids_exist_in_pool(project: ProjectResource) -> dg.AssetCheckResult:
-    from dagster_project.features import read_manifest
+    from bilaf.features import read_manifest
 
     manifest = read_manifest(project.paths.data)
     train_ids = set(manifest.loc[manifest["split"] == "train", "id"])
@@ -86,7 +86,7 @@ def selection_includes_every_core(project: ProjectResource) -> dg.AssetCheckResu
                 description="No pick was labeled already or is pending from an earlier round (ROUNDS.md "
                             "invariant 1: a label paid for is never asked for again, a pending item never sent twice).")
 def selection_avoids_labeled_and_pending(project: ProjectResource) -> dg.AssetCheckResult:
-    from dagster_project.stages import RoundKnowledge
+    from bilaf.stages import RoundKnowledge
 
     known = RoundKnowledge.load(project.paths)
     picked = set(_selection(project)["id"])

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project import dvc, rounds
-from dagster_project.config import DataParams, Params
+from bilaf import dvc, rounds
+from bilaf.config import DataParams, Params
 from dagster_project.defs.assets import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
-from dagster_project.stages import SOURCE_PATHS, STAGES, ProjectPaths, labels_version, lineage_params
+from bilaf.stages import SOURCE_PATHS, STAGES, ProjectPaths, labels_version, lineage_params
 
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
@@ -48,7 +48,7 @@ class RefreshPlan:
 
 def current_versions(paths: ProjectPaths, params: Params) -> dict[dg.AssetKey, str | None]:
     """The version every source has on disk now (None: the pool does not exist yet)."""
-    from dagster_project.features import pool_version
+    from bilaf.features import pool_version
 
     versions: dict[dg.AssetKey, str | None] = {params_key(section): params.section_hash(section)
                                                for section in Params.section_names()}
@@ -73,7 +73,7 @@ _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 def configured_source_fingerprint(section: DataParams) -> str:
     """Content fingerprint of the configured source's files: relative paths and sha256 of their
     bytes (cached by path, size and mtime). Touching a file or renaming nothing changes nothing."""
-    from dagster_project.features import default_source_root
+    from bilaf.features import default_source_root
 
     location = Path(section.root) if section.root else default_source_root(section.source)
     if location is None or not location.exists():

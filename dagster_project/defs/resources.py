@@ -7,9 +7,9 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from dagster_project import dvc
-from dagster_project.config import Params, load_params
-from dagster_project.stages import ProjectPaths
+from bilaf import dvc
+from bilaf.config import Params, load_params
+from bilaf.stages import ProjectPaths
 
 PROJECT_DIR_ENV = "BILAF_PROJECT_DIR"
 

@@ -9,10 +9,11 @@ import logging
 
 import dagster as dg
 
+from bilaf.errors import BilafError
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
 from dagster_project.defs.tracking import MlflowResource, close_abandoned_runs
-from dagster_project.stages import check_budget
+from bilaf.stages import check_budget
 
 REFRESH_TAGS = {"bilaf/trigger": "refresh"}
 
@@ -24,7 +25,7 @@ def refresh_request(instance: dg.DagsterInstance, project: ProjectResource, mlfl
     try:
         params = project.params()
         check_budget(project.paths, params)
-    except ValueError as error:
+    except BilafError as error:
         return dg.SkipReason(f"params.yaml is invalid, nothing launched: {error}")
     if mlflow is not None:
         for line in close_abandoned_runs(instance, mlflow):  # a killed `bilaf run` must not block every later one
@@ -36,7 +37,7 @@ def refresh_request(instance: dg.DagsterInstance, project: ProjectResource, mlfl
                              "waiting for it before planning the next one")
     try:
         plan = plan_refresh(instance, project.paths, params)
-    except ValueError as error:
+    except BilafError as error:
         return dg.SkipReason(f"cannot plan a run: {error}")
     if not plan:
         return dg.SkipReason("params.yaml, the pool, the labels and the code are unchanged since the last run")

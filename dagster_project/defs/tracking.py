@@ -277,7 +277,7 @@ class AssetRunLogger:
         import numpy as np
         import torch
 
-        from dagster_project.training import load_finetuned
+        from bilaf.training import load_finetuned
 
         model, metadata = load_finetuned(model_dir)
         example = np.zeros((1, 3, metadata.image_size, metadata.image_size), dtype=np.float32)

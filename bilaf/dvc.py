@@ -1,0 +1,118 @@
+"""The DVC command line, run from its own venv (see the Makefile), for every caller: the Dagster
+DVC resource, `bilaf ingest` and `bilaf labels import`."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bilaf.errors import InvalidInputError
+
+
+def dvc_executable() -> str:
+    """The `dvc` beside this interpreter (the app venv's wrapper), else the one on PATH."""
+    candidate = Path(sys.executable).with_name("dvc")
+    found = str(candidate) if candidate.exists() else shutil.which("dvc")
+    if not found:
+        raise RuntimeError("dvc not found: run `make env` (DVC lives in .venv-dvc, wrapped as .venv/bin/dvc)")
+    return found
+
+
+def run_dvc(root: Path, *args: str) -> str:
+    """Run `dvc ARGS` in `root`; RuntimeError with DVC's message when it fails."""
+    completed = subprocess.run([dvc_executable(), *args], cwd=root, capture_output=True, text=True)
+    if completed.returncode != 0:
+        message = completed.stderr.strip() or completed.stdout.strip() or f"exit status {completed.returncode}"
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {root}:\n{message}")
+    return completed.stdout
+
+
+def is_dvc_project(root: Path) -> bool:
+    return (Path(root) / ".dvc").is_dir()
+
+
+def md5_of(entry: Mapping[str, Any]) -> str:
+    """The hash DVC recorded for one `outs`/`deps` entry (`md5`, or `hash` in newer files)."""
+    return str(entry.get("md5") or entry.get("hash") or "")
+
+
+def track(root: Path, target: str) -> str | None:
+    """`dvc add TARGET` (a no-op when unchanged) in a DVC project; returns the recorded hash.
+
+    Outside a DVC project (a plain folder) nothing is recorded and None is returned.
+    """
+    root = Path(root)
+    if not is_dvc_project(root):
+        return None
+    run_dvc(root, "add", "-q", target)
+    return tracked_hash(root, target)
+
+
+def tracked_hash(root: Path, target: str) -> str | None:
+    """The hash in TARGET.dvc, or None when TARGET is not tracked by a .dvc file."""
+    dvc_file = Path(root) / f"{target}.dvc"
+    if not dvc_file.is_file():
+        return None
+    return md5_of(yaml.safe_load(dvc_file.read_text())["outs"][0])
+
+
+def default_remote(root: Path) -> tuple[str, str | None] | None:
+    """The project's default DVC remote as (name, url), or None when none is configured."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
+    remote = config.get("core", "remote", fallback=None)
+    if remote is None:
+        return None
+    # DVC writes the section as ['remote "name"'] (quotes included), hand-written configs as [remote "name"].
+    url = next((config.get(section, "url") for section in (f"'remote \"{remote}\"'", f'remote "{remote}"')
+                if config.has_option(section, "url")), None)
+    return remote, url
+
+
+def _store_roots(root: Path) -> list[Path]:
+    """Where DVC keeps objects: the project's cache, then its default remote if that is a folder."""
+    root = Path(root)
+    stores = [root / ".dvc" / "cache"]
+    remote = default_remote(root)
+    if remote is not None and remote[1] and "://" not in remote[1]:
+        stores.append((root / ".dvc" / remote[1]).resolve())
+    return stores
+
+
+def find_object(root: Path, md5: str) -> Path | None:
+    """The stored object of a file or folder (``<md5>.dir``) hash, in the cache or the local remote."""
+    name = md5.removesuffix(".dir")
+    for store in _store_roots(root):
+        path = store / "files" / "md5" / name[:2] / (name[2:] + (".dir" if md5.endswith(".dir") else ""))
+        if path.is_file():
+            return path
+    return None
+
+
+def restore(root: Path, md5: str, target: Path, only: set[str] | None = None) -> None:
+    """Copy the version ``md5`` of a DVC-tracked file or folder from the store into ``target``
+    (only the relative paths in ``only``, for a folder, when given). ValueError when the version
+    is no longer stored (was `dvc gc` run?)."""
+    import json
+    import shutil
+
+    listing = find_object(root, md5)
+    if listing is None:
+        raise InvalidInputError(f"DVC version {md5} is in neither the cache nor the default remote of {root} "
+                         "(was `dvc gc` run, or the remote not pulled?)")
+    target = Path(target)
+    if not md5.endswith(".dir"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(listing, target)
+        return
+    for entry in json.loads(listing.read_text()):
+        if only is not None and entry["relpath"] not in only:
+            continue
+        restore(root, entry["md5"], target / entry["relpath"])

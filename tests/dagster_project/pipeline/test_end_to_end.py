@@ -1,0 +1,292 @@
+"""The whole pipeline on a tiny real project: Dagster runs, staleness, DVC agreement, MLflow lineage.
+
+Tests run in file order and build on each other (one materialization of the graph is shared).
+"""
+import copy
+import csv
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+# Dagster has no public API for the stale status its UI shows (nor for observing sources outside a
+# run); these tests check that the UI agrees with the planner, so they read it where the UI does.
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.observe import observe
+from dagster._core.loader import LoadingContextForTest
+
+from dagster_project.cli import main as bilaf
+from dagster_project.definitions import build_definitions
+from dagster_project.defs.assets import PARAMS_SOURCES
+from dagster_project.defs.checks import ASSET_CHECKS
+from dagster_project.defs.sensors import refresh_request
+from bilaf.stages import STAGES
+
+from .conftest import BIN, TINY_PARAMS, free_port, run, write_params
+
+ALL_STAGES = set(STAGES)
+
+
+def _latest_run_materializations(instance: dg.DagsterInstance) -> tuple[str, set[str]]:
+    latest = instance.get_runs(limit=1)[0]
+    records = instance.all_logs(latest.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return latest.run_id, {record.dagster_event.asset_key.to_user_string() for record in records}
+
+
+def _stale_stages(instance: dg.DagsterInstance, root: Path) -> set[str]:
+    graph = build_definitions(str(root)).resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    return {name for name in STAGES if resolver.get_status(dg.AssetKey(name)) != StaleStatus.FRESH}
+
+
+def _dvc_out_hashes(root: Path) -> dict[str, str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {name: stage["outs"][0]["md5"] for name, stage in lock["stages"].items()}
+
+
+def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project, project_env):
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    with dg.DagsterInstance.get() as instance:
+        run_id, materialized = _latest_run_materializations(instance)
+        assert materialized == ALL_STAGES
+        evaluations = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        results = {record.dagster_event.event_specific_data.asset_check_key.name:
+                   record.dagster_event.event_specific_data.passed for record in evaluations}
+        assert len(results) == len(ASSET_CHECKS) and all(results.values()), results
+        assert _stale_stages(instance, tiny_project) == set()
+    selection = (tiny_project / "artifacts" / "boundary_set" / "selection.csv").read_text().splitlines()
+    assert len(selection) == 1 + TINY_PARAMS["boundary"]["budget"]
+
+
+def test_explain_tells_why_an_image_was_picked_from_verified_records(tiny_project, project_env, capsys):
+    import json
+
+    from bilaf.features import read_manifest
+
+    with open(tiny_project / "artifacts" / "boundary_set" / "selection.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    boundary = next(row for row in rows if row["role"] == "boundary")
+    assert bilaf(["explain", boundary["id"], "--json", "--project", str(tiny_project)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (pick,) = report["picked"]
+    assert pick["role"] == "boundary" and pick["round"] == 1 and pick["cluster_core"] == boundary["cluster_core"]
+    assert isinstance(pick["boundary_score"], float) and isinstance(pick["rank"], int)
+    assert pick["rival_core"] in {row["id"] for row in rows if row["role"] == "core"}  # ids, not row numbers
+    inputs = pick["inputs"]
+    assert inputs["parameters"]["boundary"] == TINY_PARAMS["boundary"]  # typed as written
+    assert inputs["pool_dvc_md5"].endswith(".dir") and len(inputs["backbone"]["weights_sha256"]) == 64
+    assert inputs["code_version"] == STAGES["boundary_set"].code_version()
+    assert inputs["git_code_diff"] == "clean"  # the pipeline's own writes (dvc.lock, .dvc files) are not code
+    with dg.DagsterInstance.get() as instance:
+        assert inputs["dagster_run_id"] == instance.get_runs(limit=1)[0].run_id
+    assert bilaf(["explain", boundary["id"], "--project", str(tiny_project)]) == 0
+    assert "round 1" in capsys.readouterr().out
+
+    picked = {row["id"] for row in rows}
+    other = next(item for item in read_manifest(tiny_project / "data").query("split == 'train'")["id"]
+                 if item not in picked)
+    assert bilaf(["explain", other, "--json", "--project", str(tiny_project)]) == 0
+    (why,) = json.loads(capsys.readouterr().out)["not_picked"]
+    assert why["round"] == 1 and ("outscored" in why["why"] or "removed as noise" in why["why"])
+
+
+def test_explain_refuses_an_answer_from_a_tampered_record(tiny_project, project_env, capsys):
+    logged = next((tiny_project / "mlflow" / "artifacts").rglob("boundary_set/selection.csv"))
+    original = logged.read_bytes()
+    logged.write_bytes(original.replace(b"boundary", b"core", 1))
+    try:
+        assert bilaf(["explain", "ffffffffffffffff", "--project", str(tiny_project)]) == 2
+        assert "does not match its recorded sha256" in capsys.readouterr().err
+    finally:
+        logged.write_bytes(original)
+
+
+def test_a_version_gone_from_the_cache_is_read_from_the_remote_and_one_gone_from_both_is_named(
+        tiny_project, project_env, capsys):
+    from bilaf import dvc
+    md5 = _dvc_out_hashes(tiny_project)["boundary_set"]
+    name = md5.removesuffix(".dir")
+    stored = [store / "files" / "md5" / name[:2] / (name[2:] + ".dir")
+              for store in (tiny_project / ".dvc" / "cache", tiny_project / ".dvc-storage")]
+    assert all(path.is_file() for path in stored)  # every stage pushed its output to the remote
+    aside = [path.with_name(path.name + ".aside") for path in stored]
+    try:
+        stored[0].rename(aside[0])  # as `dvc gc --workspace` would after a later round
+        assert bilaf(["explain", "ffffffffffffffff", "--project", str(tiny_project)]) == 0
+        capsys.readouterr()
+        stored[1].rename(aside[1])  # as `dvc gc --cloud` would
+        assert dvc.find_object(tiny_project, md5) is None
+        assert bilaf(["explain", "ffffffffffffffff", "--project", str(tiny_project)]) == 2
+        assert f"boundary_set version {md5}" in capsys.readouterr().err
+    finally:
+        for path, moved in zip(stored, aside):
+            if moved.exists():
+                moved.rename(path)
+
+
+def test_second_run_with_nothing_changed_does_nothing(tiny_project, project_env, capsys):
+    with dg.DagsterInstance.get() as instance:
+        before = len(instance.get_runs())
+        assert isinstance(refresh_request(instance, build_definitions(str(tiny_project)).resources["project"]),
+                          dg.SkipReason)
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_runs()) == before
+
+
+def test_dvc_agrees_and_reproduces_the_dagster_artifacts_byte_for_byte(tiny_project, project_env):
+    status = run([str(BIN / "dvc"), "status"], tiny_project, project_env)
+    assert "up to date" in status.stdout, status.stdout
+    dagster_hashes = _dvc_out_hashes(tiny_project)
+    with dg.DagsterInstance.get() as instance:
+        for name, md5 in dagster_hashes.items():  # the Dagster data version is the DVC hash
+            event = instance.get_latest_materialization_event(dg.AssetKey(name))
+            assert event.asset_materialization.tags["dagster/data_version"] == md5
+    run([str(BIN / "dvc"), "repro", "--force"], tiny_project, project_env)
+    assert _dvc_out_hashes(tiny_project) == dagster_hashes
+
+
+def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(tiny_project, project_env):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["boundary"]["penalty"] = 1.5
+    write_params(tiny_project, params)
+    expected = {"boundary_set", "annotation_batch", "finetuned_model", "evaluation"}
+
+    dvc_changed = run([str(BIN / "dvc"), "status", "--json"], tiny_project, project_env).stdout
+    assert set(yaml.safe_load(dvc_changed)) == expected  # DVC sees the same stages as changed
+
+    defs = build_definitions(str(tiny_project))
+    with dg.DagsterInstance.get() as instance:  # the sensor asks for exactly this run
+        request = refresh_request(instance, defs.resources["project"])
+        assert set(request.asset_selection) == {dg.AssetKey(["params", "boundary"])} | {
+            dg.AssetKey(name) for name in expected}
+    with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe sources"
+        observe(PARAMS_SOURCES, instance=instance, resources=defs.resources)
+        assert _stale_stages(instance, tiny_project) == expected
+
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    with dg.DagsterInstance.get() as instance:
+        _, materialized = _latest_run_materializations(instance)
+        assert materialized == expected
+        assert _stale_stages(instance, tiny_project) == set()
+
+
+def test_invalid_parameters_fail_before_any_compute(tiny_project, project_env, capsys):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["boundary"]["penalty"] = 0.5
+    write_params(tiny_project, params)
+    with dg.DagsterInstance.get() as instance:
+        before = len(instance.get_runs())
+    try:
+        assert bilaf(["run", "--project", str(tiny_project)]) == 2
+        assert "boundary.penalty must be >= 1" in capsys.readouterr().err
+        with dg.DagsterInstance.get() as instance:
+            assert len(instance.get_runs()) == before
+    finally:
+        params["boundary"]["penalty"] = 1.5
+        write_params(tiny_project, params)
+
+
+def test_dagster_cli_string_selection_works_with_dvc_installed(tiny_project, project_env):
+    """antlr4: Dagster's selection parser needs 4.13 while DVC's hydra pins 4.9 (separate venvs)."""
+    completed = run([str(BIN / "dagster"), "asset", "materialize", "--select", "evaluation*",
+                     "-m", "dagster_project.definitions"], tiny_project, project_env)
+    assert "RUN_SUCCESS" in completed.stdout + completed.stderr
+    with dg.DagsterInstance.get() as instance:
+        _, materialized = _latest_run_materializations(instance)
+    assert materialized == {"evaluation"}
+
+
+def test_dvc_exp_run_with_a_set_parameter(tiny_project, project_env):
+    run(["git", "add", "-A"], tiny_project)
+    run(["git", "commit", "-qm", "pipeline outputs"], tiny_project)
+    completed = run([str(BIN / "dvc"), "exp", "run", "-S", "evaluation.knn_k=3"], tiny_project, project_env)
+    assert "evaluation" in completed.stdout + completed.stderr
+    assert yaml.safe_load((tiny_project / "params.yaml").read_text())["evaluation"]["knn_k"] == 3
+    write_params(tiny_project, {**TINY_PARAMS, "boundary": {"budget": 40, "penalty": 1.5}})
+
+
+def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny_project, project_env):
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bilaf")
+    with dg.DagsterInstance.get() as instance:
+        first_run = instance.get_runs()[-1].run_id
+    children = client.search_runs([experiment.experiment_id], f"tags.dagster_run_id = '{first_run}'")
+    parents = [r for r in children if r.data.tags.get("bilaf_level") == "dagster_run"]
+    assets = {r.data.tags["asset_key"]: r for r in children if r.data.tags.get("bilaf_level") == "asset"}
+    assert len(parents) == 1 and set(assets) == ALL_STAGES | {"pool"}  # the pool's observation is logged too
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in assets.values())
+    boundary = assets["boundary_set"].data
+    for key in ("git_commit", "backbone", "data_version", "dvc_md5", "params_hash:boundary"):
+        assert boundary.tags.get(key), key
+    assert boundary.params["boundary.budget"] == "40"
+    assert boundary.metrics["selected"] == 40
+    assert parents[0].info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in assets.values())
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens in the training view
+    assert boundary.tags["dagster_run_url"].endswith(f"/runs/{first_run}")  # MLflow -> Dagster
+    with dg.DagsterInstance.get() as instance:  # Dagster -> MLflow
+        event = instance.get_latest_materialization_event(dg.AssetKey("boundary_set"))
+    linked = event.asset_materialization.metadata["mlflow_run"].value.rsplit("/", 1)[-1]
+    assert client.get_run(linked).data.tags["dagster_run_id"] == event.run_id
+    from bilaf.features import pool_version
+
+    embeddings = client.get_run(assets["embeddings"].info.run_id)
+    (dataset,) = [entry.dataset for entry in embeddings.inputs.dataset_inputs]
+    assert dataset.name == "pool" and dataset.digest == pool_version(tiny_project / "data")
+    finetune_run = assets["finetuned_model"].info.run_id
+    (version,) = client.search_model_versions(f"name = 'bilaf-finetuned' and run_id = '{finetune_run}'")
+    assert version.tags["round"] == "1"
+    assert not mlflow.is_tracking_uri_set()  # the pipeline left the fluent URI unset (no ./mlflow.db)
+    mlflow.set_tracking_uri(client.tracking_uri)  # the models:/ URI resolves through the fluent store
+    try:
+        logged = mlflow.pytorch.load_model(f"models:/bilaf-finetuned/{version.version}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    image_size = TINY_PARAMS["finetune"]["image_size"]
+    assert tuple(logged(torch.zeros(1, 3, image_size, image_size)).shape) == (1, 10)
+
+
+def test_logging_to_a_real_mlflow_server(tiny_project, project_env, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "server-artifacts")],
+        env=project_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{uri}/health", timeout=5).ok:
+                    break
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
+                time.sleep(1)
+        else:
+            pytest.fail(f"mlflow server did not answer {uri}/health within 300 s")
+        params = {**TINY_PARAMS, "boundary": {"budget": 40, "penalty": 1.5}, "evaluation": {"knn_k": 7}}
+        write_params(tiny_project, params)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            assert bilaf(["run", "--project", str(tiny_project)]) == 0
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("bilaf").experiment_id],
+                                  "tags.asset_key = 'evaluation'")
+        assert len(runs) == 1 and runs[0].data.params["evaluation.knn_k"] == "7"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
