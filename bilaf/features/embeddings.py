@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -31,14 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf import defaults
 from bilaf.artifacts import remove_leftovers
+from bilaf.features._memory import retain_freed_memory
 from bilaf.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from bilaf.features.datasets import PoolDataset, build_transform
 from bilaf.features.pool import MANIFEST_NAME, read_manifest
+from bilaf.selection.progress import Progress
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -186,15 +188,18 @@ def _compute_missing(backbone: Backbone, data_dir: Path, ids: list[str], cache: 
     pending: list[np.ndarray] = []
     pending_count = 0
     position = 0
-    with torch.inference_mode(), tqdm(total=len(ids), desc=f"embed {backbone.name}", unit="img") as bar:
-        for images in loader:
+    retain_freed_memory()
+    steps = Progress(loader, f"embed {len(ids)} images with {backbone.name}, {batch_size} per step")
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for images in steps:
             count = len(images)
             if count < batch_size:  # same shape for every forward pass
                 images = torch.cat([images, images[-1:].expand(batch_size - count, *images.shape[1:])])
             features = backbone.model(images.to(backbone.device, non_blocking=True))[:count]
             pending.append(features.float().cpu().numpy())
             pending_count += count
-            bar.update(count)
+            steps.note(images_per_s=round((position + pending_count) / (time.perf_counter() - started), 1))
             while pending_count >= shard_size or (pending_count and position + pending_count == len(ids)):
                 block = np.concatenate(pending)
                 take = min(shard_size, len(block))
