@@ -13,6 +13,7 @@
 
 Prints a table per budget (mean over seeds), writes it (markdown and CSV) and a plot under --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embeddings", type=Path, required=True, help="an embeddings folder (features.npy, index.csv)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[1.0], help="percent of the train pool")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--core-fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
-                        help="K / B values to try; 1 means every pick is a core")
+    parser.add_argument(
+        "--core-fractions",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75, 1.0],
+        help="K / B values to try; 1 means every pick is a core",
+    )
     parser.add_argument("--variant", default="default", choices=["default", "repo"])
     parser.add_argument("--neighbours", type=int, default=10, help="k of the class-border test")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bilaf_diagnostics")
@@ -76,8 +82,9 @@ def on_class_border(unit_pool: np.ndarray, labels: np.ndarray, items: np.ndarray
 def pseudo_class_purity(unit_pool: np.ndarray, labels: np.ndarray, cores: np.ndarray) -> float:
     """Share of pool items whose nearest core (cosine) carries their label."""
     core_vectors = torch.from_numpy(unit_pool[cores])
-    nearest = torch.cat([(torch.from_numpy(block) @ core_vectors.T).argmax(dim=1)
-                         for block in np.array_split(unit_pool, 30)]).numpy()
+    nearest = torch.cat(
+        [(torch.from_numpy(block) @ core_vectors.T).argmax(dim=1) for block in np.array_split(unit_pool, 30)]
+    ).numpy()
     return float(np.mean(labels == labels[cores][nearest]))
 
 
@@ -89,8 +96,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     unit_pool = unit_rows(train_x)
     sample = np.random.default_rng(0).choice(len(train_x), min(POOL_SAMPLE, len(train_x)), replace=False)
     pool_border = float(on_class_border(unit_pool, train_y, sample, args.neighbours).mean())
-    print(f"pool: {len(train_x)} train, {len(test_x)} test; class-border share of the pool {pool_border:.3f}",
-          flush=True)
+    print(
+        f"pool: {len(train_x)} train, {len(test_x)} test; class-border share of the pool {pool_border:.3f}", flush=True
+    )
     rows = []
     for percent in args.budgets:
         budget = int(len(train_x) * percent / 100)
@@ -109,40 +117,63 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 picked = np.unique(np.asarray(result.indices))
                 cores = np.array([r["index"] for r in records if r["role"] != "boundary"])
                 boundary = np.array([r["index"] for r in records if r["role"] == "boundary"], dtype=int)
-                row = {"budget_pct": percent, "budget": budget, "seed": seed, "core_fraction": fraction,
-                       "n_cores": len(cores), "select_seconds": round(seconds, 1),
-                       "linear_probe": linear_probe(train_x[picked], train_y[picked], test_x, test_y).accuracy * 100,
-                       "knn": knn_probe(train_x[picked], train_y[picked], test_x, test_y).accuracy * 100,
-                       "pseudo_class_purity": pseudo_class_purity(unit_pool, train_y, cores),
-                       "border_share_cores": float(on_class_border(unit_pool, train_y, cores, args.neighbours).mean()),
-                       "border_share_boundary": (float(on_class_border(unit_pool, train_y, boundary,
-                                                                       args.neighbours).mean())
-                                                 if len(boundary) else float("nan")),
-                       "border_share_random": random_border, "border_share_pool": pool_border}
+                row = {
+                    "budget_pct": percent,
+                    "budget": budget,
+                    "seed": seed,
+                    "core_fraction": fraction,
+                    "n_cores": len(cores),
+                    "select_seconds": round(seconds, 1),
+                    "linear_probe": linear_probe(train_x[picked], train_y[picked], test_x, test_y).accuracy * 100,
+                    "knn": knn_probe(train_x[picked], train_y[picked], test_x, test_y).accuracy * 100,
+                    "pseudo_class_purity": pseudo_class_purity(unit_pool, train_y, cores),
+                    "border_share_cores": float(on_class_border(unit_pool, train_y, cores, args.neighbours).mean()),
+                    "border_share_boundary": (
+                        float(on_class_border(unit_pool, train_y, boundary, args.neighbours).mean())
+                        if len(boundary)
+                        else float("nan")
+                    ),
+                    "border_share_random": random_border,
+                    "border_share_pool": pool_border,
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return pd.DataFrame(rows)
 
 
 def report(frame: pd.DataFrame, out: Path, neighbours: int) -> str:
-    columns = ["n_cores", "linear_probe", "knn", "pseudo_class_purity", "border_share_cores",
-               "border_share_boundary", "border_share_random"]
-    parts = [f"class border: another class among an item's {neighbours} nearest pool items; "
-             f"pool base rate {frame['border_share_pool'].iloc[0]:.3f}\n"]
+    columns = [
+        "n_cores",
+        "linear_probe",
+        "knn",
+        "pseudo_class_purity",
+        "border_share_cores",
+        "border_share_boundary",
+        "border_share_random",
+    ]
+    parts = [
+        f"class border: another class among an item's {neighbours} nearest pool items; "
+        f"pool base rate {frame['border_share_pool'].iloc[0]:.3f}\n"
+    ]
     for percent, group in frame.groupby("budget_pct"):
         mean = group.groupby("core_fraction")[columns].mean()
         std = group.groupby("core_fraction")[["linear_probe", "knn"]].std().fillna(0)
-        table = pd.DataFrame({
-            "K": mean["n_cores"].round().astype(int),
-            "linear probe": [f"{m:.1f} ± {s:.1f}" for m, s in zip(mean["linear_probe"], std["linear_probe"])],
-            "kNN": [f"{m:.1f} ± {s:.1f}" for m, s in zip(mean["knn"], std["knn"])],
-            "pseudo-class purity": mean["pseudo_class_purity"].round(3),
-            "border share: cores": mean["border_share_cores"].round(3),
-            "border share: boundary picks": mean["border_share_boundary"].round(3),
-            "border share: random picks": mean["border_share_random"].round(3),
-        }, index=mean.index.rename("K / B"))
-        parts.append(f"### budget {percent:g} % (B = {group['budget'].iloc[0]}), seeds "
-                     f"{sorted(group['seed'].unique().tolist())}\n\n{table.to_markdown()}\n")
+        table = pd.DataFrame(
+            {
+                "K": mean["n_cores"].round().astype(int),
+                "linear probe": [f"{m:.1f} ± {s:.1f}" for m, s in zip(mean["linear_probe"], std["linear_probe"])],
+                "kNN": [f"{m:.1f} ± {s:.1f}" for m, s in zip(mean["knn"], std["knn"])],
+                "pseudo-class purity": mean["pseudo_class_purity"].round(3),
+                "border share: cores": mean["border_share_cores"].round(3),
+                "border share: boundary picks": mean["border_share_boundary"].round(3),
+                "border share: random picks": mean["border_share_random"].round(3),
+            },
+            index=mean.index.rename("K / B"),
+        )
+        parts.append(
+            f"### budget {percent:g} % (B = {group['budget'].iloc[0]}), seeds "
+            f"{sorted(group['seed'].unique().tolist())}\n\n{table.to_markdown()}\n"
+        )
     text = "\n".join(parts)
     (out / "bilaf_diagnostics.md").write_text(text)
     _plot(frame, out / "bilaf_diagnostics.png")
@@ -159,8 +190,14 @@ def _plot(frame: pd.DataFrame, path: Path) -> None:
     for percent, group in frame.groupby("budget_pct"):
         stats = group.groupby("core_fraction")[["linear_probe", "knn"]].agg(["mean", "std"]).fillna(0)
         for axis, learner in zip(axes, ("linear_probe", "knn")):
-            axis.errorbar(stats.index, stats[(learner, "mean")], yerr=stats[(learner, "std")], marker="o",
-                          capsize=3, label=f"budget {percent:g} %")
+            axis.errorbar(
+                stats.index,
+                stats[(learner, "mean")],
+                yerr=stats[(learner, "std")],
+                marker="o",
+                capsize=3,
+                label=f"budget {percent:g} %",
+            )
     for axis, learner in zip(axes, ("linear probe", "kNN")):
         axis.set(xlabel="K / B (1 = all picks are cores: ActiveFT)", ylabel="test top-1 (%)", title=learner)
         axis.grid(alpha=0.3)

@@ -5,6 +5,7 @@ with the arguments, the way the `bilaf` entry point starts; prints a markdown ta
 
     .venv/bin/python benchmarks/cli_startup.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,13 @@ def seconds_to_help(path: tuple[str, ...], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", _ENTRY_POINT, *path, "--help"], cwd=ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-c", _ENTRY_POINT, *path, "--help"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

@@ -14,6 +14,7 @@ done. The CSV is rewritten after every run, so an interrupted run keeps what it 
 ``--report CSV`` redraws the tables and plot from it.
 Prints a mean ± std table, writes it (markdown and CSV) and a plot under --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,32 +89,57 @@ class Pool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="fashion-mnist")
-    parser.add_argument("--source-root", type=Path, default=None,
-                        help="folder holding the source's files (default: where the source usually lives)")
+    parser.add_argument(
+        "--source-root",
+        type=Path,
+        default=None,
+        help="folder holding the source's files (default: where the source usually lives)",
+    )
     parser.add_argument("--train-size", type=int, default=None, help="train pool size (default: all)")
     parser.add_argument("--test-size", type=int, default=None, help="test split size (default: all)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1, 2, 5], help="percent of the pool")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--image-size", type=int, default=128, help="embedding input size")
-    parser.add_argument("--embeddings", type=Path, default=None,
-                        help="use these embeddings (e.g. the pipeline's artifacts/embeddings) instead of a new pool")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="the pool folder of --embeddings (its manifest gives the images to finetune on)")
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        help="use these embeddings (e.g. the pipeline's artifacts/embeddings) instead of a new pool",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the pool folder of --embeddings (its manifest gives the images to finetune on)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="probe fits run in parallel")
-    parser.add_argument("--finetune", nargs="*", default=[], choices=list(METHODS),
-                        help="methods whose selections are also used to finetune the backbone (slow: GPU advised)")
+    parser.add_argument(
+        "--finetune",
+        nargs="*",
+        default=[],
+        choices=list(METHODS),
+        help="methods whose selections are also used to finetune the backbone (slow: GPU advised)",
+    )
     parser.add_argument("--finetune-epochs", type=int, default=defaults.FINETUNE_EPOCHS)
     parser.add_argument("--finetune-image-size", type=int, default=defaults.FINETUNE_IMAGE_SIZE)
     parser.add_argument("--finetune-batch-size", type=int, default=defaults.FINETUNE_BATCH_SIZE)
     parser.add_argument("--finetune-lr", type=float, default=defaults.FINETUNE_LR)
-    parser.add_argument("--finetune-seconds", type=float, default=None,
-                        help="start no new finetuning run after this many seconds of finetuning")
+    parser.add_argument(
+        "--finetune-seconds",
+        type=float,
+        default=None,
+        help="start no new finetuning run after this many seconds of finetuning",
+    )
     parser.add_argument("--workers", type=int, default=0, help="image loader workers for finetuning")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "compare")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "full")
-    parser.add_argument("--report", type=Path, default=None,
-                        help="only redraw the tables and plot from this earlier compare_methods.csv")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="only redraw the tables and plot from this earlier compare_methods.csv",
+    )
     args = parser.parse_args(argv)
     if args.finetune and args.embeddings is not None and args.data is None:
         parser.error("--finetune with --embeddings needs --data (the pool folder with manifest.csv)")
@@ -127,8 +153,9 @@ def load_pool(args: argparse.Namespace) -> Pool:
     if out_dir is None:
         tag = f"{args.source}-{args.train_size or 'all'}-{args.test_size or 'all'}"
         data_dir = args.workdir / tag / "data"
-        sync_pool(data_dir, args.source, root=args.source_root, train_size=args.train_size,
-                  test_size=args.test_size, seed=0)
+        sync_pool(
+            data_dir, args.source, root=args.source_root, train_size=args.train_size, test_size=args.test_size, seed=0
+        )
         out_dir = args.workdir / tag / f"embeddings-{args.image_size}"
         embed_pool(data_dir, out_dir, image_size=args.image_size, cache_dir=args.workdir / "embedding_cache")
     embeddings = load_embeddings(out_dir)
@@ -138,12 +165,19 @@ def load_pool(args: argparse.Namespace) -> Pool:
         manifest = read_manifest(data_dir)
         path_of = dict(zip(manifest["id"], manifest["path"]))
         train_paths, test_paths = ([str(Path(data_dir) / path_of[i]) for i in split.ids] for split in (train, test))
-    return Pool(train.features.astype(np.float32, copy=False), np.asarray(train.labels),
-                test.features.astype(np.float32, copy=False), np.asarray(test.labels), train_paths, test_paths)
+    return Pool(
+        train.features.astype(np.float32, copy=False),
+        np.asarray(train.labels),
+        test.features.astype(np.float32, copy=False),
+        np.asarray(test.labels),
+        train_paths,
+        test_paths,
+    )
 
 
-def select_all(args: argparse.Namespace, pool: Pool, save: Callable[[list[dict]], None]
-               ) -> tuple[list[dict], list[np.ndarray]]:
+def select_all(
+    args: argparse.Namespace, pool: Pool, save: Callable[[list[dict]], None]
+) -> tuple[list[dict], list[np.ndarray]]:
     """Every (budget, method, seed) selection, with diagnostics of what it picked.
 
     Nothing else runs meanwhile: the probes' BLAS thread limit is process-wide, and a selection
@@ -160,12 +194,20 @@ def select_all(args: argparse.Namespace, pool: Pool, save: Callable[[list[dict]]
                 seconds = time.perf_counter() - started
                 picked = np.unique(np.asarray(result.indices))
                 shares = np.bincount(pool.train_y[np.asarray(result.indices)], minlength=pool.num_classes) / budget
-                row = {"method": label, "budget_pct": percent, "budget": budget, "seed": seed,
-                       "pool_train": len(pool.train_x), "pool_test": len(pool.test_x),
-                       "device": args.device_name, "selected_unique": len(picked),
-                       "select_seconds": round(seconds, 2),
-                       "classes_covered": int(np.unique(pool.train_y[picked]).size),
-                       "min_class_share": round(shares.min(), 4), "max_class_share": round(shares.max(), 4)}
+                row = {
+                    "method": label,
+                    "budget_pct": percent,
+                    "budget": budget,
+                    "seed": seed,
+                    "pool_train": len(pool.train_x),
+                    "pool_test": len(pool.test_x),
+                    "device": args.device_name,
+                    "selected_unique": len(picked),
+                    "select_seconds": round(seconds, 2),
+                    "classes_covered": int(np.unique(pool.train_y[picked]).size),
+                    "min_class_share": round(shares.min(), 4),
+                    "max_class_share": round(shares.max(), 4),
+                }
                 if method == "bilaf":
                     row["n_cores"] = default_n_cores(budget)
                     row["boundary_label_differs_from_core"] = round(_boundary_label_mismatch(result, pool.train_y), 4)
@@ -176,8 +218,9 @@ def select_all(args: argparse.Namespace, pool: Pool, save: Callable[[list[dict]]
     return rows, picks
 
 
-def probe_all(args: argparse.Namespace, pool: Pool, rows: list[dict], picks: list[np.ndarray],
-              save: Callable[[list[dict]], None]) -> None:
+def probe_all(
+    args: argparse.Namespace, pool: Pool, rows: list[dict], picks: list[np.ndarray], save: Callable[[list[dict]], None]
+) -> None:
     """Linear probe and kNN of every selection, ``args.jobs`` at a time on CPU threads (their heavy
     work is BLAS, which releases the GIL)."""
     with ThreadPoolExecutor(max_workers=args.jobs) as executor:
@@ -198,12 +241,15 @@ def _boundary_label_mismatch(result, labels: np.ndarray) -> float:
 
 def _probe(pool: Pool, picked: np.ndarray) -> tuple[float, float]:
     x, y = pool.train_x[picked], pool.train_y[picked]
-    return (linear_probe(x, y, pool.test_x, pool.test_y, num_classes=pool.num_classes).accuracy * 100,
-            knn_probe(x, y, pool.test_x, pool.test_y, num_classes=pool.num_classes).accuracy * 100)
+    return (
+        linear_probe(x, y, pool.test_x, pool.test_y, num_classes=pool.num_classes).accuracy * 100,
+        knn_probe(x, y, pool.test_x, pool.test_y, num_classes=pool.num_classes).accuracy * 100,
+    )
 
 
-def finetune_all(args: argparse.Namespace, pool: Pool, rows: list[dict], picks: list[np.ndarray],
-                 save: Callable[[list[dict]], None]) -> None:
+def finetune_all(
+    args: argparse.Namespace, pool: Pool, rows: list[dict], picks: list[np.ndarray], save: Callable[[list[dict]], None]
+) -> None:
     """Phase 3: finetune the backbone on each selection of the ``--finetune`` methods and score it
     on the test split; seed by seed, so a time limit leaves whole seeds done."""
     if not args.finetune:
@@ -212,8 +258,10 @@ def finetune_all(args: argparse.Namespace, pool: Pool, rows: list[dict], picks: 
         raise ValueError("finetuning needs the pool's images: pass --data with --embeddings")
     mean, std = input_normalisation(DEFAULT_BACKBONE)
     test_transform = eval_transform(args.finetune_image_size, mean, std)
-    order = sorted((i for i, row in enumerate(rows) if row["method"] in args.finetune),
-                   key=lambda i: (rows[i]["seed"], rows[i]["budget_pct"], args.finetune.index(rows[i]["method"])))
+    order = sorted(
+        (i for i, row in enumerate(rows) if row["method"] in args.finetune),
+        key=lambda i: (rows[i]["seed"], rows[i]["budget_pct"], args.finetune.index(rows[i]["method"])),
+    )
     spent = 0.0
     for done, i in enumerate(order):
         if args.finetune_seconds is not None and spent >= args.finetune_seconds:
@@ -221,23 +269,45 @@ def finetune_all(args: argparse.Namespace, pool: Pool, rows: list[dict], picks: 
             break
         row, picked = rows[i], picks[i]
         started = time.perf_counter()
-        config = FinetuneConfig(epochs=args.finetune_epochs, image_size=args.finetune_image_size,
-                                batch_size=args.finetune_batch_size, learning_rate=args.finetune_lr,
-                                warmup_epochs=min(2.0, args.finetune_epochs - 1), seed=row["seed"],
-                                num_workers=args.workers)
+        config = FinetuneConfig(
+            epochs=args.finetune_epochs,
+            image_size=args.finetune_image_size,
+            batch_size=args.finetune_batch_size,
+            learning_rate=args.finetune_lr,
+            warmup_epochs=min(2.0, args.finetune_epochs - 1),
+            seed=row["seed"],
+            num_workers=args.workers,
+        )
         torch.manual_seed(row["seed"])  # the new head's initialisation
         model = create_classifier(DEFAULT_BACKBONE, num_classes=pool.num_classes)
-        result = finetune(model, [pool.train_paths[j] for j in picked], pool.train_y[picked], mean=mean, std=std,
-                          config=config, progress=False)
-        metrics = evaluate_finetuned(result.model, pool.test_paths, pool.test_y, test_transform,
-                                     num_classes=pool.num_classes, num_workers=args.workers, progress=False)
+        result = finetune(
+            model,
+            [pool.train_paths[j] for j in picked],
+            pool.train_y[picked],
+            mean=mean,
+            std=std,
+            config=config,
+            progress=False,
+        )
+        metrics = evaluate_finetuned(
+            result.model,
+            pool.test_paths,
+            pool.test_y,
+            test_transform,
+            num_classes=pool.num_classes,
+            num_workers=args.workers,
+            progress=False,
+        )
         seconds = time.perf_counter() - started
         spent += seconds
         row["finetune"], row["finetune_seconds"] = metrics.accuracy * 100, round(seconds, 1)
-        row["finetune_recipe"] = (f"{config.epochs} epochs at {config.image_size} px, batch {config.batch_size}, "
-                                  f"lr {config.learning_rate}")
-        print(json.dumps({k: row[k] for k in ("method", "budget_pct", "seed", "finetune", "finetune_seconds")}),
-              flush=True)
+        row["finetune_recipe"] = (
+            f"{config.epochs} epochs at {config.image_size} px, batch {config.batch_size}, lr {config.learning_rate}"
+        )
+        print(
+            json.dumps({k: row[k] for k in ("method", "budget_pct", "seed", "finetune", "finetune_seconds")}),
+            flush=True,
+        )
         save(rows)
 
 
@@ -270,8 +340,9 @@ def plot(frame: pd.DataFrame, out: Path) -> None:
         for method, group in frame.dropna(subset=[learner]).groupby("method", sort=False):
             stats = group.groupby("budget_pct")[learner].agg(["mean", "std"]).fillna(0)
             axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=method)
-        axis.set(xscale="log", xlabel="budget (% of the pool)", ylabel="test top-1 (%)",
-                 title=learner.replace("_", " "))
+        axis.set(
+            xscale="log", xlabel="budget (% of the pool)", ylabel="test top-1 (%)", title=learner.replace("_", " ")
+        )
         axis.set_xticks(budgets, [f"{v:g}" for v in budgets])
         axis.minorticks_off()
         axis.grid(alpha=0.3)
@@ -286,8 +357,10 @@ def write_report(frame: pd.DataFrame, out: Path) -> str:
     seeds = sorted(frame["seed"].unique().tolist())
     header = f"seeds {seeds}"
     if "pool_train" in frame:  # older CSVs lack the pool and device columns
-        devices = ", ".join(f"{device} ({', '.join(group['method'].unique())})" if frame["device"].nunique() > 1
-                            else str(device) for device, group in frame.groupby("device", sort=False))
+        devices = ", ".join(
+            f"{device} ({', '.join(group['method'].unique())})" if frame["device"].nunique() > 1 else str(device)
+            for device, group in frame.groupby("device", sort=False)
+        )
         header = f"pool: {first['pool_train']} train / {first['pool_test']} test items, {header}, on {devices}"
     report = [f"{header}\n"]
     if "finetune" in frame and frame["finetune"].notna().any():
@@ -311,8 +384,11 @@ def main(argv: list[str] | None = None) -> None:
     pool = load_pool(args)
     device = resolve_device()
     args.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"pool: {len(pool.train_x)} train, {len(pool.test_x)} test, d = {pool.train_x.shape[1]}; "
-          f"on {args.device_name}", flush=True)
+    print(
+        f"pool: {len(pool.train_x)} train, {len(pool.test_x)} test, d = {pool.train_x.shape[1]}; on {args.device_name}",
+        flush=True,
+    )
+
     def save(rows: list[dict]) -> None:
         pd.DataFrame(rows).to_csv(args.out / "compare_methods.csv", index=False)
 

@@ -19,6 +19,7 @@ pipeline's system and user CPU seconds and minor page faults per image are print
 
 The load average is printed with the table: compare rows of one run only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,7 @@ import time
 from pathlib import Path
 
 
-def _measure(data_dir: Path, work_dir: Path, backbone: str, image_size: int, batch_size: int,
-             num_workers: int) -> dict:
+def _measure(data_dir: Path, work_dir: Path, backbone: str, image_size: int, batch_size: int, num_workers: int) -> dict:
     """Run in a fresh interpreter: pipeline first (for its peak RSS), then the bare forward."""
     import torch
 
@@ -41,8 +41,15 @@ def _measure(data_dir: Path, work_dir: Path, backbone: str, image_size: int, bat
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    info = embed_pool(data_dir, work_dir / "out", backbone=backbone, image_size=image_size,
-                      batch_size=batch_size, cache_dir=work_dir / "cache", num_workers=num_workers)
+    info = embed_pool(
+        data_dir,
+        work_dir / "out",
+        backbone=backbone,
+        image_size=image_size,
+        batch_size=batch_size,
+        cache_dir=work_dir / "cache",
+        num_workers=num_workers,
+    )
     pipeline_s = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -62,10 +69,17 @@ def _measure(data_dir: Path, work_dir: Path, backbone: str, image_size: int, bat
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             forward_s += time.perf_counter() - begin
-    return {"items": info.num_items, "computed": info.computed, "pipeline_s": pipeline_s,
-            "forward_s": forward_s, "peak_rss_mib": peak_rss_mib, "threads": torch.get_num_threads(),
-            "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
-            "minor_faults": after.ru_minflt - before.ru_minflt}
+    return {
+        "items": info.num_items,
+        "computed": info.computed,
+        "pipeline_s": pipeline_s,
+        "forward_s": forward_s,
+        "peak_rss_mib": peak_rss_mib,
+        "threads": torch.get_num_threads(),
+        "user_s": after.ru_utime - before.ru_utime,
+        "sys_s": after.ru_stime - before.ru_stime,
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+    }
 
 
 def main() -> None:
@@ -80,8 +94,18 @@ def main() -> None:
     parser.add_argument("--measure", type=json.loads, help=argparse.SUPPRESS)  # subprocess entry point
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(_measure(Path(args.measure["data"]), Path(args.measure["work"]), args.backbone,
-                                  args.image_size, args.batch_size, args.measure["workers"])))
+        print(
+            json.dumps(
+                _measure(
+                    Path(args.measure["data"]),
+                    Path(args.measure["work"]),
+                    args.backbone,
+                    args.image_size,
+                    args.batch_size,
+                    args.measure["workers"],
+                )
+            )
+        )
         return
 
     from bilaf.features import sync_pool
@@ -92,8 +116,14 @@ def main() -> None:
         for size in args.sizes:
             data_dir = Path(tmp) / f"pool-{size}"
             if args.jpeg:
-                sync_pool(data_dir, "image-folder", root=_jpeg_folder(Path(tmp) / "jpeg", max(args.sizes)),
-                          train_size=size, test_size=0, seed=0)
+                sync_pool(
+                    data_dir,
+                    "image-folder",
+                    root=_jpeg_folder(Path(tmp) / "jpeg", max(args.sizes)),
+                    train_size=size,
+                    test_size=0,
+                    seed=0,
+                )
             else:
                 sync_pool(data_dir, "fashion-mnist", train_size=size, test_size=0, seed=0)
             for workers in args.workers:
@@ -102,30 +132,55 @@ def main() -> None:
                     work_dir = Path(tmp) / f"work-{size}-{workers}-{repeat}"
                     request = json.dumps({"data": str(data_dir), "work": str(work_dir), "workers": workers})
                     result = subprocess.run(
-                        [sys.executable, __file__, "--measure", request, "--backbone", args.backbone,
-                         "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)],
-                        check=True, capture_output=True, text=True)
+                        [
+                            sys.executable,
+                            __file__,
+                            "--measure",
+                            request,
+                            "--backbone",
+                            args.backbone,
+                            "--image-size",
+                            str(args.image_size),
+                            "--batch-size",
+                            str(args.batch_size),
+                        ],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
                     runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
-                rows.append({"size": size, "workers": workers, "items": runs[0]["items"],
-                             "threads": runs[0]["threads"],
-                             "pipeline_s": min(run["pipeline_s"] for run in runs),
-                             "forward_s": min(run["forward_s"] for run in runs),
-                             "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
-                             **{key: min(run[key] for run in runs) for key in ("user_s", "sys_s", "minor_faults")}})
+                rows.append(
+                    {
+                        "size": size,
+                        "workers": workers,
+                        "items": runs[0]["items"],
+                        "threads": runs[0]["threads"],
+                        "pipeline_s": min(run["pipeline_s"] for run in runs),
+                        "forward_s": min(run["forward_s"] for run in runs),
+                        "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+                        **{key: min(run[key] for run in runs) for key in ("user_s", "sys_s", "minor_faults")},
+                    }
+                )
 
-    print(f"backbone {args.backbone}, {args.image_size} px, batch {args.batch_size}, torch threads "
-          f"{rows[0]['threads']}, best of {args.repeats}; load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
-    header = f"| {'pool':>5} | {'workers':>7} | {'bare fwd img/s':>14} | {'pipeline img/s':>14} | " \
-             f"{'ratio':>5} | {'peak RSS MiB':>12} | {'user s':>7} | {'sys s':>7} | {'minor faults/img':>16} |"
+    print(
+        f"backbone {args.backbone}, {args.image_size} px, batch {args.batch_size}, torch threads "
+        f"{rows[0]['threads']}, best of {args.repeats}; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores"
+    )
+    header = (
+        f"| {'pool':>5} | {'workers':>7} | {'bare fwd img/s':>14} | {'pipeline img/s':>14} | "
+        f"{'ratio':>5} | {'peak RSS MiB':>12} | {'user s':>7} | {'sys s':>7} | {'minor faults/img':>16} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell) + 0) for cell in header.split("|")[1:-1]) + "|")
     for row in rows:
         bare = row["items"] / row["forward_s"]
         pipeline = row["items"] / row["pipeline_s"]
-        print(f"| {row['size']:>5} | {row['workers']:>7} | {bare:>14.1f} | {pipeline:>14.1f} | "
-              f"{pipeline / bare:>5.2f} | {row['peak_rss_mib']:>12.0f} | {row['user_s']:>7.1f} | "
-              f"{row['sys_s']:>7.1f} | {row['minor_faults'] / row['items']:>16.0f} |")
+        print(
+            f"| {row['size']:>5} | {row['workers']:>7} | {bare:>14.1f} | {pipeline:>14.1f} | "
+            f"{pipeline / bare:>5.2f} | {row['peak_rss_mib']:>12.0f} | {row['user_s']:>7.1f} | "
+            f"{row['sys_s']:>7.1f} | {row['minor_faults'] / row['items']:>16.0f} |"
+        )
 
 
 def _jpeg_folder(folder: Path, count: int) -> Path:

@@ -90,10 +90,7 @@ def throughput_table(sizes: list[int], batch_size: int, repeats: int) -> None:
 
         train_s = _timed(train_step, repeats)
         eval_s = _timed(eval_step, repeats)
-        print(
-            f"| {size} | {batch_size / train_s:.1f} | {1000 * train_s:.0f} | "
-            f"{batch_size / eval_s:.1f} |"
-        )
+        print(f"| {size} | {batch_size / train_s:.1f} | {1000 * train_s:.0f} | {batch_size / eval_s:.1f} |")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -145,10 +142,7 @@ def end_to_end_table(train_count: int, test_count: int, config: FinetuneConfig) 
         f"({config.epochs} epochs, {config.image_size} px, batch {config.batch_size}, "
         f"{weights} weights)"
     )
-    print(
-        "| train images | epochs | train wall s | mean train img/s | eval img/s "
-        "| est. s per 10k test | test top-1 |"
-    )
+    print("| train images | epochs | train wall s | mean train img/s | eval img/s | est. s per 10k test | test top-1 |")
     print("|---|---|---|---|---|---|---|")
     print(
         f"| {train_count} | {config.epochs} | {train_s:.1f} | {mean_ips:.1f} | "
@@ -191,9 +185,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-images", type=int, default=250)
     parser.add_argument("--test-images", type=int, default=500)
-    parser.add_argument(
-        "--quick", action="store_true", help="skip the end-to-end finetune (about 2 minutes)"
-    )
+    parser.add_argument("--quick", action="store_true", help="skip the end-to-end finetune (about 2 minutes)")
     args = parser.parse_args()
     throughput_table(args.sizes, args.batch_size, args.repeats)
     if not FASHION_MNIST.is_dir():

@@ -6,6 +6,7 @@ tf_efficientnet_lite0 (after one warm-up pass), timed with getrusage.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/forward_page_faults.py
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,10 @@ def main() -> None:
         completed = subprocess.run([sys.executable, "-c", _CHILD, mode], check=True, capture_output=True, text=True)
         row = json.loads(completed.stdout.strip().splitlines()[-1])
         label = "retain_freed_memory()" if row["retained"] else "glibc defaults"
-        print(f"| {label} | {row['images_per_s']:.1f} | {row['faults_per_batch']:,.0f} | {row['user_s']:.1f} | "
-              f"{row['sys_s']:.1f} |")
+        print(
+            f"| {label} | {row['images_per_s']:.1f} | {row['faults_per_batch']:,.0f} | {row['user_s']:.1f} | "
+            f"{row['sys_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

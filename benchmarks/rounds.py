@@ -19,6 +19,7 @@ test split (the paper's Table 10 learners).
 
 The CSV is rewritten after every evaluation, so an interrupted run keeps what it finished.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,26 +64,53 @@ class Split:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--embeddings", type=Path,
-                        default=REPO / ".cache" / "compare" / "fashion-mnist-all-all" / "embeddings-128",
-                        help="an embeddings folder with a labeled train and test split (made from the full "
-                             "Fashion-MNIST when this default is missing)")
-    parser.add_argument("--round-budgets", type=int, nargs="+", default=[300, 300, 600],
-                        help="picks per round on the fixed pool; one-shot runs use the running totals")
-    parser.add_argument("--growth", type=float, nargs="*", default=[0.5, 0.75, 1.0],
-                        help="pool fractions per round of the growing-pool experiment (empty: skip it)")
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        default=REPO / ".cache" / "compare" / "fashion-mnist-all-all" / "embeddings-128",
+        help="an embeddings folder with a labeled train and test split (made from the full "
+        "Fashion-MNIST when this default is missing)",
+    )
+    parser.add_argument(
+        "--round-budgets",
+        type=int,
+        nargs="+",
+        default=[300, 300, 600],
+        help="picks per round on the fixed pool; one-shot runs use the running totals",
+    )
+    parser.add_argument(
+        "--growth",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75, 1.0],
+        help="pool fractions per round of the growing-pool experiment (empty: skip it)",
+    )
     parser.add_argument("--growth-budget", type=int, default=300, help="picks per round on the growing pool")
     parser.add_argument("--growth-first", nargs="+", default=["ActiveFT"], choices=list(FIRST_ROUND))
-    parser.add_argument("--growth-later", nargs="+", default=["anchored ActiveFT", "label-aware BiLAF", "margin",
-                                                             "random"], choices=list(LATER_ROUNDS))
+    parser.add_argument(
+        "--growth-later",
+        nargs="+",
+        default=["anchored ActiveFT", "label-aware BiLAF", "margin", "random"],
+        choices=list(LATER_ROUNDS),
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--first", nargs="+", default=list(FIRST_ROUND), choices=list(FIRST_ROUND))
-    parser.add_argument("--later", nargs="+", default=[name for name in LATER_ROUNDS if name != "label-aware BiLAF + cores"],
-                        choices=list(LATER_ROUNDS), help="later-round strategies (default: all but the slow "
-                                                         "'label-aware BiLAF + cores', which its ActiveFT cores make slow)")
+    parser.add_argument(
+        "--later",
+        nargs="+",
+        default=[name for name in LATER_ROUNDS if name != "label-aware BiLAF + cores"],
+        choices=list(LATER_ROUNDS),
+        help="later-round strategies (default: all but the slow "
+        "'label-aware BiLAF + cores', which its ActiveFT cores make slow)",
+    )
     parser.add_argument("--one-shot", nargs="*", default=list(ONE_SHOT), choices=list(ONE_SHOT))
-    parser.add_argument("--embedding-growth", type=int, nargs="*", default=[2000, 3000, 4000],
-                        help="train sizes of the re-embedding timing (a fresh cache; empty: skip it)")
+    parser.add_argument(
+        "--embedding-growth",
+        type=int,
+        nargs="*",
+        default=[2000, 3000, 4000],
+        help="train sizes of the re-embedding timing (a fresh cache; empty: skip it)",
+    )
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "rounds")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rounds")
     parser.add_argument("--report", type=Path, default=None, help="only redraw the tables from this rounds.csv")
@@ -112,13 +140,17 @@ def score(train: Split, test: Split, picked: np.ndarray) -> dict[str, float]:
     x, y = train.features[picked], train.labels[picked]
     classes = int(max(train.labels.max(), test.labels.max())) + 1
     shares = np.bincount(y, minlength=classes) / len(y)
-    return {"linear_probe": linear_probe(x, y, test.features, test.labels, num_classes=classes).accuracy * 100,
-            "knn": knn_probe(x, y, test.features, test.labels, num_classes=classes).accuracy * 100,
-            "min_class_share": round(float(shares.min()), 4), "max_class_share": round(float(shares.max()), 4)}
+    return {
+        "linear_probe": linear_probe(x, y, test.features, test.labels, num_classes=classes).accuracy * 100,
+        "knn": knn_probe(x, y, test.features, test.labels, num_classes=classes).accuracy * 100,
+        "min_class_share": round(float(shares.min()), 4),
+        "max_class_share": round(float(shares.max()), 4),
+    }
 
 
-def pick(features: np.ndarray, budget: int, method: str, options: dict, seed: int,
-         labels: np.ndarray | None) -> tuple[np.ndarray, float]:
+def pick(
+    features: np.ndarray, budget: int, method: str, options: dict, seed: int, labels: np.ndarray | None
+) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
     result = select(features, budget, method, seed=seed, labels=labels, **options)
     return np.asarray(result.indices), time.perf_counter() - started
@@ -152,9 +184,18 @@ def fixed_pool(args: argparse.Namespace, train: Split, test: Split, record: Reco
             for label in args.one_shot:
                 method, options = ONE_SHOT[label]
                 picked, seconds = pick(train.features, int(total), method, options, seed, None)
-                record.add({"experiment": "fixed", "schedule": "one shot", "method": label, "seed": seed,
-                            "round": 1, "total": int(total), "select_seconds": round(seconds, 1),
-                            **score(train, test, picked)})
+                record.add(
+                    {
+                        "experiment": "fixed",
+                        "schedule": "one shot",
+                        "method": label,
+                        "seed": seed,
+                        "round": 1,
+                        "total": int(total),
+                        "select_seconds": round(seconds, 1),
+                        **score(train, test, picked),
+                    }
+                )
         for first in args.first:
             method, options = FIRST_ROUND[first]
             first_picks, first_seconds = pick(train.features, args.round_budgets[0], method, options, seed, None)
@@ -164,11 +205,23 @@ def fixed_pool(args: argparse.Namespace, train: Split, test: Split, record: Reco
                     method, options = LATER_ROUNDS[later]
                     new, spent = pick(train.features, budget, method, options, seed, labels)
                     assert not np.isin(new, picked_so_far).any(), "a round picked an item already labeled"
-                    labels, picked_so_far, seconds = (reveal(labels, n, train.labels, new),
-                                                      np.concatenate([picked_so_far, new]), seconds + spent)
-                    record.add({"experiment": "fixed", "schedule": "rounds", "method": f"{first} → {later}",
-                                "seed": seed, "round": number, "total": len(picked_so_far),
-                                "select_seconds": round(seconds, 1), **score(train, test, picked_so_far)})
+                    labels, picked_so_far, seconds = (
+                        reveal(labels, n, train.labels, new),
+                        np.concatenate([picked_so_far, new]),
+                        seconds + spent,
+                    )
+                    record.add(
+                        {
+                            "experiment": "fixed",
+                            "schedule": "rounds",
+                            "method": f"{first} → {later}",
+                            "seed": seed,
+                            "round": number,
+                            "total": len(picked_so_far),
+                            "select_seconds": round(seconds, 1),
+                            **score(train, test, picked_so_far),
+                        }
+                    )
 
 
 def growing_pool(args: argparse.Namespace, train: Split, test: Split, record: Recorder) -> None:
@@ -192,11 +245,21 @@ def growing_pool(args: argparse.Namespace, train: Split, test: Split, record: Re
                     previous = sizes[number - 2] if number > 1 else 0
                     new_share = float(np.mean(new >= previous)) if number > 1 else float("nan")
                     picked = np.concatenate([picked, new])
-                    record.add({"experiment": "growing", "schedule": "rounds", "method": f"{first} → {later}",
-                                "seed": seed, "round": number, "total": len(picked), "pool": size,
-                                "new_items_share_of_pool": round((size - previous) / size, 4) if number > 1 else None,
-                                "new_items_share_of_picks": new_share, "select_seconds": round(seconds, 1),
-                                **score(train, test, arrival[picked])})
+                    record.add(
+                        {
+                            "experiment": "growing",
+                            "schedule": "rounds",
+                            "method": f"{first} → {later}",
+                            "seed": seed,
+                            "round": number,
+                            "total": len(picked),
+                            "pool": size,
+                            "new_items_share_of_pool": round((size - previous) / size, 4) if number > 1 else None,
+                            "new_items_share_of_picks": new_share,
+                            "select_seconds": round(seconds, 1),
+                            **score(train, test, arrival[picked]),
+                        }
+                    )
 
 
 def embedding_growth(args: argparse.Namespace) -> list[dict]:
@@ -210,17 +273,29 @@ def embedding_growth(args: argparse.Namespace) -> list[dict]:
         started = time.perf_counter()
         info = embed_pool(work / "data", work / "embeddings", cache_dir=work / "cache")
         seconds = time.perf_counter() - started
-        rows.append({"pool_items": info.num_items, "computed": info.computed, "reused": info.reused,
-                     "seconds": round(seconds, 1),
-                     "computed_per_second": round(info.computed / seconds, 1) if info.computed else None})
+        rows.append(
+            {
+                "pool_items": info.num_items,
+                "computed": info.computed,
+                "reused": info.reused,
+                "seconds": round(seconds, 1),
+                "computed_per_second": round(info.computed / seconds, 1) if info.computed else None,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def summarise(frame: pd.DataFrame, learner: str) -> pd.DataFrame:
     grouped = frame.groupby(["method", "total"], sort=False)[learner].agg(["mean", "std", "count"])
-    cells = grouped.apply(lambda r: f"{r['mean']:.1f}" + ("" if r["count"] < 2 else f" ± {r['std']:.1f}")
-                          + ("" if r["count"] == frame["seed"].nunique() else f" (n={int(r['count'])})"), axis=1)
+    cells = grouped.apply(
+        lambda r: (
+            f"{r['mean']:.1f}"
+            + ("" if r["count"] < 2 else f" ± {r['std']:.1f}")
+            + ("" if r["count"] == frame["seed"].nunique() else f" (n={int(r['count'])})")
+        ),
+        axis=1,
+    )
     return cells.unstack("total").fillna("–")
 
 
@@ -229,25 +304,37 @@ def write_report(frame: pd.DataFrame, out: Path, embedding_rows: list[dict] | No
     fixed = frame[frame["experiment"] == "fixed"]
     if len(fixed):
         for learner in LEARNERS:
-            parts.append(f"### Fixed pool: {learner.replace('_', ' ')} (test top-1 %, mean ± std) by total labels\n\n"
-                         f"{summarise(fixed, learner).to_markdown()}\n")
+            parts.append(
+                f"### Fixed pool: {learner.replace('_', ' ')} (test top-1 %, mean ± std) by total labels\n\n"
+                f"{summarise(fixed, learner).to_markdown()}\n"
+            )
         shares = fixed.groupby(["method", "total"], sort=False)[["min_class_share", "max_class_share"]].mean()
         shares = shares.round(3).unstack("total")
         shares.columns = [f"{stat.removesuffix('_class_share')} at {total}" for stat, total in shares.columns]
-        parts.append("### Fixed pool: smallest and largest class share of the labels (mean over seeds)\n\n"
-                     f"{shares.to_markdown()}\n")
+        parts.append(
+            "### Fixed pool: smallest and largest class share of the labels (mean over seeds)\n\n"
+            f"{shares.to_markdown()}\n"
+        )
     growing = frame[frame["experiment"] == "growing"]
     if len(growing):
         for learner in LEARNERS:
-            parts.append(f"### Growing pool: {learner.replace('_', ' ')} by round (pool "
-                         f"{', '.join(str(int(p)) for p in sorted(growing['pool'].unique()))})\n\n"
-                         f"{summarise(growing, learner).to_markdown()}\n")
-        shares = growing[growing["round"] > 1].groupby(["method", "round"], sort=False)[
-            ["new_items_share_of_pool", "new_items_share_of_picks"]].mean().round(3)
+            parts.append(
+                f"### Growing pool: {learner.replace('_', ' ')} by round (pool "
+                f"{', '.join(str(int(p)) for p in sorted(growing['pool'].unique()))})\n\n"
+                f"{summarise(growing, learner).to_markdown()}\n"
+            )
+        shares = (
+            growing[growing["round"] > 1]
+            .groupby(["method", "round"], sort=False)[["new_items_share_of_pool", "new_items_share_of_picks"]]
+            .mean()
+            .round(3)
+        )
         parts.append(f"### Growing pool: share of each round's picks that are new items\n\n{shares.to_markdown()}\n")
     if embedding_rows:
-        parts.append("### Re-embedding a growing pool (fresh cache)\n\n"
-                     f"{pd.DataFrame(embedding_rows).to_markdown(index=False)}\n")
+        parts.append(
+            "### Re-embedding a growing pool (fresh cache)\n\n"
+            f"{pd.DataFrame(embedding_rows).to_markdown(index=False)}\n"
+        )
     text = "\n".join(parts)
     (out / "rounds.md").write_text(text)
     _plot(frame, out / "rounds.png")
@@ -268,10 +355,12 @@ def _plot(frame: pd.DataFrame, path: Path) -> None:
             for method, group in part.groupby("method", sort=False):
                 stats = group.groupby("total")[learner].agg(["mean", "std"]).fillna(0)
                 style = "--" if group["schedule"].iloc[0] == "one shot" else "-"
-                axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3,
-                              linestyle=style, label=method)
-            axis.set(xlabel="labels so far", ylabel="test top-1 (%)",
-                     title=f"{experiment} pool: {learner.replace('_', ' ')}")
+                axis.errorbar(
+                    stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, linestyle=style, label=method
+                )
+            axis.set(
+                xlabel="labels so far", ylabel="test top-1 (%)", title=f"{experiment} pool: {learner.replace('_', ' ')}"
+            )
             axis.grid(alpha=0.3)
         row[0].legend(fontsize=7)
     figure.tight_layout()

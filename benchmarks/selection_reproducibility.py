@@ -7,6 +7,7 @@ depends on how sums are split across threads.
 
     python benchmarks/selection_reproducibility.py --embeddings .cache/compare/fashion-mnist-all-all/embeddings-128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     train_x, train_y = train.features.astype(np.float32, copy=False), np.asarray(train.labels)
     test_x, test_y = test.features.astype(np.float32, copy=False), np.asarray(test.labels)
     budget = int(len(train_x) * args.budget_pct / 100)
-    print(f"## {args.method}, B = {budget} of {len(train_x)}, seed {args.seed}, "
-          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(
+        f"## {args.method}, B = {budget} of {len(train_x)}, seed {args.seed}, "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
     print("| torch threads | select s | picks differing from the first run | linear probe | kNN |")
     print("|---|---|---|---|---|")
     first: set[int] | None = None

@@ -24,6 +24,7 @@ They are copied to a scratch folder with their ``.cuda()`` calls dropped; never 
 Rows whose code is not given are skipped. Keep the machine otherwise idle: the load average at the
 start is printed with the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,8 +88,7 @@ print(json.dumps(out))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--cores", type=int, default=50)
@@ -108,8 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         scratch = Path(scratch_dir)
         features, labels = _features(args.embeddings, args.items)
         np.save(scratch / "features.npy", features)
-        print(f"selection_side_by_side: N = {len(features):,}, d = {features.shape[1]}, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+        print(
+            f"selection_side_by_side: N = {len(features):,}, d = {features.shape[1]}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start",
+            flush=True,
+        )
         rates = {k: _matmul_rate(features, k) for k in (args.cores, args.large_cores)}
         trees = {"now": REPO}
         if args.baseline:
@@ -121,17 +124,37 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
         for name, tree in trees.items():
             for variant in ("default", "repo"):
-                rows.append({"code": name, "variant": variant,
-                             **_ours(tree, scratch, args, variant, args.cores, args.iterations,
-                                     args.budget)})
+                rows.append(
+                    {
+                        "code": name,
+                        "variant": variant,
+                        **_ours(tree, scratch, args, variant, args.cores, args.iterations, args.budget),
+                    }
+                )
         if released_cores is not None:
-            same = _ours(REPO, scratch, args, "repo", args.cores, args.iterations, args.budget,
-                         cores_file=scratch / "released" / "cores.json")
-            rows.append({"code": "now, on the released cores", "variant": "repo", **same,
-                         "same_picks": same["picks"] == rows[0]["picks"]})
+            same = _ours(
+                REPO,
+                scratch,
+                args,
+                "repo",
+                args.cores,
+                args.iterations,
+                args.budget,
+                cores_file=scratch / "released" / "cores.json",
+            )
+            rows.append(
+                {
+                    "code": "now, on the released cores",
+                    "variant": "repo",
+                    **same,
+                    "same_picks": same["picks"] == rows[0]["picks"],
+                }
+            )
         _print_bilaf(rows, args, len(features), features.shape[1], rates[args.cores])
-        large = [{"code": name, **_ours(tree, scratch, args, "default", args.large_cores,
-                                         args.large_iterations, 0)} for name, tree in trees.items()]
+        large = [
+            {"code": name, **_ours(tree, scratch, args, "default", args.large_cores, args.large_iterations, 0)}
+            for name, tree in trees.items()
+        ]
         _print_activeft(large, rows, args, len(features), features.shape[1], rates)
 
 
@@ -144,8 +167,7 @@ def _features(embeddings_dir: Path, n_items: int) -> tuple[np.ndarray, np.ndarra
     train = load_embeddings(embeddings_dir).subset("train")
     if n_items > len(train.features):
         raise SystemExit(f"--items {n_items} exceeds the {len(train.features)} train items")
-    return (np.ascontiguousarray(train.features[:n_items], dtype=np.float32),
-            np.asarray(train.labels[:n_items]))
+    return (np.ascontiguousarray(train.features[:n_items], dtype=np.float32), np.asarray(train.labels[:n_items]))
 
 
 def _matmul_rate(features: np.ndarray, n_columns: int) -> float:
@@ -163,28 +185,43 @@ def _matmul_rate(features: np.ndarray, n_columns: int) -> float:
 
 def _export(ref: str, into: Path) -> Path:
     into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
 
-def _ours(tree: Path, scratch: Path, args: argparse.Namespace, variant: str, cores: int,
-          iterations: int, budget: int, cores_file: Path | None = None) -> dict:
-    task = {"features": str(scratch / "features.npy"), "cores": cores, "iterations": iterations,
-            "budget": budget, "variant": variant, "seed": args.seed,
-            "cores_file": str(cores_file) if cores_file else None}
+def _ours(
+    tree: Path,
+    scratch: Path,
+    args: argparse.Namespace,
+    variant: str,
+    cores: int,
+    iterations: int,
+    budget: int,
+    cores_file: Path | None = None,
+) -> dict:
+    task = {
+        "features": str(scratch / "features.npy"),
+        "cores": cores,
+        "iterations": iterations,
+        "budget": budget,
+        "variant": variant,
+        "seed": args.seed,
+        "cores_file": str(cores_file) if cores_file else None,
+    }
     env = {**os.environ, "PYTHONPATH": str(tree), "BILAF_PROGRESS": "0"}
-    completed = subprocess.run([sys.executable, "-c", _OURS, json.dumps(task)], cwd=tree, env=env,
-                               check=True, capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", _OURS, json.dumps(task)], cwd=tree, env=env, check=True, capture_output=True, text=True
+    )
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     if cores_file:
         result["activeft_s"] = None
     return result
 
 
-def _run_released(args: argparse.Namespace, scratch: Path, features: np.ndarray,
-                  labels: np.ndarray) -> tuple[list[int], dict]:
+def _run_released(
+    args: argparse.Namespace, scratch: Path, features: np.ndarray, labels: np.ndarray
+) -> tuple[list[int], dict]:
     """The released scripts on a scratch copy (``.cuda()`` dropped), timed by wall clock."""
     code = scratch / "released"
     code.mkdir()
@@ -197,37 +234,78 @@ def _run_released(args: argparse.Namespace, scratch: Path, features: np.ndarray,
     np.save(code / "inputs.npy", np.hstack([features, labels[:, None].astype(np.float32)]))
     percent = args.cores * 100 / len(features)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "ActiveFT_CIFAR.py", "--feature_path", "inputs.npy",
-                    "--output_dir", ".", "--filename", "cores.json", "--percent", repr(percent),
-                    "--max_iter", str(args.iterations)], cwd=code, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "ActiveFT_CIFAR.py",
+            "--feature_path",
+            "inputs.npy",
+            "--output_dir",
+            ".",
+            "--filename",
+            "cores.json",
+            "--percent",
+            repr(percent),
+            "--max_iter",
+            str(args.iterations),
+        ],
+        cwd=code,
+        check=True,
+        capture_output=True,
+    )
     activeft_s = time.perf_counter() - start
     cores = json.loads((code / "cores.json").read_text())
     if len(cores) != args.cores:
         raise SystemExit(f"released ActiveFT picked {len(cores)} cores, not {args.cores}")
     start = time.perf_counter()
-    printed = subprocess.run([sys.executable, "density_cluster.py", "--features_inputs", "inputs.npy",
-                              "--indices_file_name", "cores.json", "--cur_number", str(args.cores),
-                              "--budget", str(args.budget), "--output_dir", "out"], cwd=code,
-                             check=True, capture_output=True, text=True).stdout
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "density_cluster.py",
+            "--features_inputs",
+            "inputs.npy",
+            "--indices_file_name",
+            "cores.json",
+            "--cur_number",
+            str(args.cores),
+            "--budget",
+            str(args.budget),
+            "--output_dir",
+            "out",
+        ],
+        cwd=code,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     stage2_s = time.perf_counter() - start
-    times = {line.split(":")[0]: float(line.split(":")[1]) for line in printed.splitlines()
-             if line.startswith(("Step1 time", "Step2 time"))}
+    times = {
+        line.split(":")[0]: float(line.split(":")[1])
+        for line in printed.splitlines()
+        if line.startswith(("Step1 time", "Step2 time"))
+    }
     picks = json.loads((code / "out" / f"Density_{args.budget}_from_ActiveFT{args.cores}.json").read_text())
-    return cores, {"code": "released (Thinklab-SJTU/BiLAF)", "variant": "-", "activeft_s": activeft_s,
-                   "idc_s": stage2_s - times.get("Step2 time", 0.0),
-                   "picks_s": times.get("Step2 time", 0.0), "picks": picks, "cores": cores}
+    return cores, {
+        "code": "released (Thinklab-SJTU/BiLAF)",
+        "variant": "-",
+        "activeft_s": activeft_s,
+        "idc_s": stage2_s - times.get("Step2 time", 0.0),
+        "picks_s": times.get("Step2 time", 0.0),
+        "picks": picks,
+        "cores": cores,
+    }
 
 
 def _rate(n_items: int, dim: int, n_cores: int, iterations: int, seconds: float) -> float:
     return 2 * n_items * dim * n_cores * iterations / seconds / 1e9
 
 
-def _print_bilaf(rows: list[dict], args: argparse.Namespace, n_items: int, dim: int,
-                 machine: float) -> None:
-    print(f"\n## BiLAF, K = {args.cores}, B = {args.budget:,}, ActiveFT {args.iterations} iterations "
-          f"(machine: {machine:.0f} GFLOP/s for X @ A.T at K = {args.cores})")
-    print("| code | variant | ActiveFT s | ActiveFT GFLOP/s (% of machine) | IDC s | picks s | "
-          "stage 2 s | total s |")
+def _print_bilaf(rows: list[dict], args: argparse.Namespace, n_items: int, dim: int, machine: float) -> None:
+    print(
+        f"\n## BiLAF, K = {args.cores}, B = {args.budget:,}, ActiveFT {args.iterations} iterations "
+        f"(machine: {machine:.0f} GFLOP/s for X @ A.T at K = {args.cores})"
+    )
+    print("| code | variant | ActiveFT s | ActiveFT GFLOP/s (% of machine) | IDC s | picks s | stage 2 s | total s |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         activeft = row["activeft_s"]
@@ -236,35 +314,49 @@ def _print_bilaf(rows: list[dict], args: argparse.Namespace, n_items: int, dim: 
             speed, total, shown = "-", "-", "(released cores)"
         else:
             gflops = _rate(n_items, dim, args.cores, args.iterations, activeft)
-            speed, total, shown = f"{gflops:.0f} ({100 * gflops / machine:.0f} %)", \
-                f"{activeft + stage2:.1f}", f"{activeft:.1f}"
-        print(f"| {row['code']} | {row['variant']} | {shown} | {speed} | {row['idc_s']:.1f} | "
-              f"{row['picks_s']:.1f} | {stage2:.1f} | {total} |")
+            speed, total, shown = (
+                f"{gflops:.0f} ({100 * gflops / machine:.0f} %)",
+                f"{activeft + stage2:.1f}",
+                f"{activeft:.1f}",
+            )
+        print(
+            f"| {row['code']} | {row['variant']} | {shown} | {speed} | {row['idc_s']:.1f} | "
+            f"{row['picks_s']:.1f} | {stage2:.1f} | {total} |"
+        )
     for row in rows:
         if "same_picks" in row:
-            print(f"repo variant now on the released cores: picks {'identical to' if row['same_picks'] else 'DIFFERENT from'} "
-                  f"the released code's ({len(row['picks']):,} picks)")
+            print(
+                f"repo variant now on the released cores: picks {'identical to' if row['same_picks'] else 'DIFFERENT from'} "
+                f"the released code's ({len(row['picks']):,} picks)"
+            )
     now = {row["variant"]: row for row in rows if row["code"] == "now"}
     for row in rows:
         if row["code"].startswith("baseline"):
             same = len(set(row["cores"]) & set(now[row["variant"]]["cores"]))
-            print(f"now vs {row['code']}, {row['variant']}: ActiveFT "
-                  f"{row['activeft_s'] / now[row['variant']]['activeft_s']:.2f}x as fast, "
-                  f"{same} of {args.cores} cores in common")
+            print(
+                f"now vs {row['code']}, {row['variant']}: ActiveFT "
+                f"{row['activeft_s'] / now[row['variant']]['activeft_s']:.2f}x as fast, "
+                f"{same} of {args.cores} cores in common"
+            )
 
 
-def _print_activeft(large: list[dict], rows: list[dict], args: argparse.Namespace, n_items: int,
-                    dim: int, rates: dict[int, float]) -> None:
-    print(f"\n## ActiveFT alone, K = {args.large_cores:,}, {args.large_iterations} iterations "
-          f"(machine: {rates[args.large_cores]:.0f} GFLOP/s for X @ A.T at K = {args.large_cores:,})")
+def _print_activeft(
+    large: list[dict], rows: list[dict], args: argparse.Namespace, n_items: int, dim: int, rates: dict[int, float]
+) -> None:
+    print(
+        f"\n## ActiveFT alone, K = {args.large_cores:,}, {args.large_iterations} iterations "
+        f"(machine: {rates[args.large_cores]:.0f} GFLOP/s for X @ A.T at K = {args.large_cores:,})"
+    )
     print("| code | ActiveFT s | GFLOP/s (% of machine) | cores in common with now |")
     print("|---|---|---|---|")
     now = next(row for row in large if row["code"] == "now")
     for row in large:
         gflops = _rate(n_items, dim, args.large_cores, args.large_iterations, row["activeft_s"])
         common = len(set(row["cores"]) & set(now["cores"]))
-        print(f"| {row['code']} | {row['activeft_s']:.1f} | {gflops:.0f} "
-              f"({100 * gflops / rates[args.large_cores]:.0f} %) | {common} of {args.large_cores:,} |")
+        print(
+            f"| {row['code']} | {row['activeft_s']:.1f} | {gflops:.0f} "
+            f"({100 * gflops / rates[args.large_cores]:.0f} %) | {common} of {args.large_cores:,} |"
+        )
     for row in large:
         if row is not now:
             print(f"now vs {row['code']}: ActiveFT {row['activeft_s'] / now['activeft_s']:.2f}x as fast")

@@ -3,6 +3,7 @@
 A stage writes into a temporary sibling and only a finished output replaces the current one, so a
 failed or killed run never leaves a half-written file as current.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -17,5 +17,13 @@ VARIANTS = ("default", "repo")
 ACTIVEFT_LOSSES = ("code", "paper")
 
 # the pipeline's stages (bilaf.stages.STAGES), in pipeline order
-STAGES = ("round", "embeddings", "core_centers", "denoised_pool", "boundary_set", "annotation_batch",
-          "finetuned_model", "evaluation")
+STAGES = (
+    "round",
+    "embeddings",
+    "core_centers",
+    "denoised_pool",
+    "boundary_set",
+    "annotation_batch",
+    "finetuned_model",
+    "evaluation",
+)

@@ -7,6 +7,7 @@ sections and keys, wrong types and out-of-range values are errors naming the key
 rules (cores against the budget; the budget against the pool, for every source) run before any
 pipeline step. Every error is a `ValueError` starting "params: <key>".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf import defaults
+from bilaf.errors import InvalidInputError, MissingFileError
+
 PARAMS_FILE = "params.yaml"
 # Train items of the sources whose size is known without reading them (null train_size = all).
 SOURCE_TRAIN_ITEMS = {"fashion-mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
@@ -80,8 +82,10 @@ class LaterRoundsParams(_Section):
     @model_validator(mode="after")
     def _cores_for_bilaf_only(self) -> LaterRoundsParams:
         if self.n_cores and self.method != "bilaf":
-            raise InvalidInputError(f"later_rounds.n_cores applies to method bilaf only (coverage cores beside its "
-                             f"class-boundary picks); method {self.method} picks all of a round itself, so set it to 0")
+            raise InvalidInputError(
+                f"later_rounds.n_cores applies to method bilaf only (coverage cores beside its "
+                f"class-boundary picks); method {self.method} picks all of a round itself, so set it to 0"
+            )
         return self
 
 
@@ -119,14 +123,21 @@ class Params(BaseModel):
     @model_validator(mode="after")
     def _budget_rules(self) -> Params:
         if self.core.n_cores > self.boundary.budget:
-            raise InvalidInputError(f"core.n_cores ({self.core.n_cores}) must not exceed boundary.budget "
-                             f"({self.boundary.budget})")
+            raise InvalidInputError(
+                f"core.n_cores ({self.core.n_cores}) must not exceed boundary.budget ({self.boundary.budget})"
+            )
         if self.later_rounds.n_cores > self.boundary.budget:
-            raise InvalidInputError(f"later_rounds.n_cores ({self.later_rounds.n_cores}) must not exceed boundary.budget "
-                             f"({self.boundary.budget})")
+            raise InvalidInputError(
+                f"later_rounds.n_cores ({self.later_rounds.n_cores}) must not exceed boundary.budget "
+                f"({self.boundary.budget})"
+            )
         known = self.data.train_size or SOURCE_TRAIN_ITEMS.get(self.data.source)
         if known is not None and self.boundary.budget > known:
-            size = f"data.train_size ({known})" if self.data.train_size else f"the {known} train items of {self.data.source}"
+            size = (
+                f"data.train_size ({known})"
+                if self.data.train_size
+                else f"the {known} train items of {self.data.source}"
+            )
             raise InvalidInputError(f"boundary.budget ({self.boundary.budget}) must not exceed {size}")
         return self
 
@@ -145,8 +156,10 @@ class Params(BaseModel):
     def check_pool(self, train_items: int) -> None:
         """The budget against the pool as it is (for sources whose size the schema cannot know)."""
         if self.boundary.budget > train_items:
-            raise InvalidInputError(f"params: boundary.budget ({self.boundary.budget}) must not exceed the {train_items} "
-                             f"train items of the pool ({self.data.source} at {self.data.root or 'its default place'})")
+            raise InvalidInputError(
+                f"params: boundary.budget ({self.boundary.budget}) must not exceed the {train_items} "
+                f"train items of the pool ({self.data.source} at {self.data.root or 'its default place'})"
+            )
 
 
 def section_hash_of(values: Mapping[str, Any]) -> str:
@@ -170,8 +183,9 @@ def params_from_mapping(raw: Mapping[str, Any] | None) -> Params:
         raise InvalidInputError(f"params: {unknown[0]} is not a known section (known: {list(names)})")
     for name in names:
         if name not in raw:
-            raise InvalidInputError(f"params: section {name} is missing (its keys and defaults: "
-                             f"{getattr(Params(), name).model_dump()})")
+            raise InvalidInputError(
+                f"params: section {name} is missing (its keys and defaults: {getattr(Params(), name).model_dump()})"
+            )
         section = raw[name]
         if not isinstance(section, Mapping):
             raise InvalidInputError(f"params: {name} must be a mapping of keys, got {section!r}")
@@ -181,8 +195,9 @@ def params_from_mapping(raw: Mapping[str, Any] | None) -> Params:
             raise InvalidInputError(f"params: {name}.{unknown[0]} is not a known key (known: {sorted(fields)})")
         for key in fields:
             if key not in section:
-                raise InvalidInputError(f"params: {name}.{key} is missing (its default: "
-                                 f"{getattr(getattr(Params(), name), key)!r})")
+                raise InvalidInputError(
+                    f"params: {name}.{key} is missing (its default: {getattr(getattr(Params(), name), key)!r})"
+                )
     try:
         return Params.model_validate(dict(raw))
     except ValidationError as error:
@@ -210,7 +225,7 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 def _interval(location: tuple) -> str | None:
-    """"in [0, 1)" for a field bounded on both sides, None otherwise."""
+    """ "in [0, 1)" for a field bounded on both sides, None otherwise."""
     if len(location) != 2:
         return None
     section = Params.model_fields[location[0]].annotation

@@ -1,5 +1,6 @@
 """The DVC command line, run from its own venv (see the Makefile), for every caller: the Dagster
 DVC resource, `bilaf ingest` and `bilaf labels import`."""
+
 from __future__ import annotations
 
 import shutil
@@ -71,8 +72,14 @@ def default_remote(root: Path) -> tuple[str, str | None] | None:
     if remote is None:
         return None
     # DVC writes the section as ['remote "name"'] (quotes included), hand-written configs as [remote "name"].
-    url = next((config.get(section, "url") for section in (f"'remote \"{remote}\"'", f'remote "{remote}"')
-                if config.has_option(section, "url")), None)
+    url = next(
+        (
+            config.get(section, "url")
+            for section in (f"'remote \"{remote}\"'", f'remote "{remote}"')
+            if config.has_option(section, "url")
+        ),
+        None,
+    )
     return remote, url
 
 
@@ -105,8 +112,10 @@ def restore(root: Path, md5: str, target: Path, only: set[str] | None = None) ->
 
     listing = find_object(root, md5)
     if listing is None:
-        raise InvalidInputError(f"DVC version {md5} is in neither the cache nor the default remote of {root} "
-                         "(was `dvc gc` run, or the remote not pulled?)")
+        raise InvalidInputError(
+            f"DVC version {md5} is in neither the cache nor the default remote of {root} "
+            "(was `dvc gc` run, or the remote not pulled?)"
+        )
     target = Path(target)
     if not md5.endswith(".dir"):
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Each class also derives from the built-in exception of its kind (and all from ``
 is what these errors were before the hierarchy), so library callers can catch ``ValueError`` or
 ``FileNotFoundError`` as they would from scikit-learn or NumPy.
 """
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """One writer at a time per project folder: `bilaf run`, DVC stages (`bilaf stage`), `bilaf ingest`
 and `bilaf labels import` hold an exclusive lock on <project>/.bilaf.lock while they write."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,10 @@ def project_lock(root: Path, holder: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise ProjectBusyError(f"{root} is being written by {handle.read().strip() or 'another process'}; "
-                                   "wait for it to finish, then run again") from None
+            raise ProjectBusyError(
+                f"{root} is being written by {handle.read().strip() or 'another process'}; "
+                "wait for it to finish, then run again"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"`{holder}` (pid {os.getpid()})\n")

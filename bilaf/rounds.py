@@ -14,6 +14,7 @@ follows, and its batch is replaced. When either changes after the round's batch 
 images arrived, annotators returned labels, a label file was edited), the round is frozen: its
 files are copied here, its unlabeled items become pending, and the next round picks around them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,9 @@ from typing import Any
 
 import pandas as pd
 
-from bilaf.errors import InvalidInputError
 from bilaf import artifacts
+from bilaf.errors import InvalidInputError
+
 ROUNDS_DIR = "rounds"
 LEDGER_NAME = "ledger.json"
 OPEN_NAME = "open.json"
@@ -76,8 +78,11 @@ class Ledger:
         if not path.is_file():
             return cls()
         content = artifacts.read_json(path)
-        return cls(open_round=int(content["open"]["round"]), inputs=dict(content["open"]["inputs"]),
-                   frozen=list(content["frozen"]))
+        return cls(
+            open_round=int(content["open"]["round"]),
+            inputs=dict(content["open"]["inputs"]),
+            frozen=list(content["frozen"]),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"open": {"round": self.open_round, "inputs": self.inputs}, "frozen": self.frozen}
@@ -86,8 +91,11 @@ class Ledger:
 def batch_files(root: Path) -> dict[int, Path]:
     """The batch file of every round that has one: frozen copies, and the open round's issued batch."""
     root = Path(root)
-    found = {int(path.name.removeprefix("round-")): path / BATCH_NAME
-             for path in sorted((root / ROUNDS_DIR).glob("round-*")) if (path / BATCH_NAME).is_file()}
+    found = {
+        int(path.name.removeprefix("round-")): path / BATCH_NAME
+        for path in sorted((root / ROUNDS_DIR).glob("round-*"))
+        if (path / BATCH_NAME).is_file()
+    }
     issued = issued_batch(root)
     if issued is not None and int(issued["round"]) not in found:
         found[int(issued["round"])] = root / ISSUED_BATCH_DIR / ISSUED_BATCH_NAME
@@ -103,8 +111,10 @@ def round_batch_file(root: Path, number: int) -> Path:
     """Round `number`'s batch file (frozen copy, else the issued batch); ValueError if none."""
     known = batch_files(root)
     if number not in known:
-        raise InvalidInputError(f"round {number} has no annotation batch (rounds with a batch: "
-                         f"{', '.join(map(str, sorted(known))) or 'none yet; run the pipeline first'})")
+        raise InvalidInputError(
+            f"round {number} has no annotation batch (rounds with a batch: "
+            f"{', '.join(map(str, sorted(known))) or 'none yet; run the pipeline first'})"
+        )
     return known[number]
 
 
@@ -123,15 +133,21 @@ def advance(root: Path, inputs: Mapping[str, str]) -> tuple[Ledger, bool]:
     ledger = Ledger.load(root)
     issued = issued_batch(root)
     if issued is not None and int(issued["round"]) > ledger.open_round:
-        raise InvalidInputError(f"{ISSUED_BATCH_DIR} holds round {issued['round']}'s batch but {ROUNDS_DIR}/"
-                         f"{LEDGER_NAME} is at round {ledger.open_round}: the ledger was lost or rolled "
-                         f"back; restore it (`dvc checkout {ROUNDS_DIR}`) before running")
-    frozen = (issued is not None and int(issued["round"]) == ledger.open_round
-              and dict(issued["inputs"]) != dict(inputs))
+        raise InvalidInputError(
+            f"{ISSUED_BATCH_DIR} holds round {issued['round']}'s batch but {ROUNDS_DIR}/"
+            f"{LEDGER_NAME} is at round {ledger.open_round}: the ledger was lost or rolled "
+            f"back; restore it (`dvc checkout {ROUNDS_DIR}`) before running"
+        )
+    frozen = issued is not None and int(issued["round"]) == ledger.open_round and dict(issued["inputs"]) != dict(inputs)
     if frozen:
-        ledger.frozen.append({"round": ledger.open_round, "inputs": dict(issued["inputs"]),
-                              "items": len(_ids(root / ISSUED_BATCH_DIR / ISSUED_BATCH_NAME)),
-                              "files": _frozen_hashes(root, ledger.open_round)})
+        ledger.frozen.append(
+            {
+                "round": ledger.open_round,
+                "inputs": dict(issued["inputs"]),
+                "items": len(_ids(root / ISSUED_BATCH_DIR / ISSUED_BATCH_NAME)),
+                "files": _frozen_hashes(root, ledger.open_round),
+            }
+        )
         ledger.open_round += 1
     ledger.inputs = dict(inputs)
     return ledger, frozen

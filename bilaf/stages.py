@@ -8,6 +8,7 @@ to the open annotation round (`bilaf.rounds`): the `round` stage freezes the pre
 round when the sources changed, and the selection stages spend `boundary.budget` on items that are
 neither labeled nor pending.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from bilaf.errors import BilafError, InvalidInputError
 from bilaf import artifacts, rounds
 from bilaf.config import PARAMS_FILE, Params, load_params
+from bilaf.errors import BilafError, InvalidInputError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 GROUND_TRUTH = "ground-truth"
@@ -137,14 +138,21 @@ def lineage_params(name: str) -> tuple[str, ...]:
 
 # --- the sources ------------------------------------------------------------------------------
 
+
 def sync_configured_pool(paths: ProjectPaths, params: Params):
     """Bring data/ up to the source configured in params.yaml (only adds; see `sync_pool`)."""
     from bilaf.features import sync_pool
 
     section = params.data
-    return sync_pool(paths.data, section.source, root=Path(section.root) if section.root else None,
-                     train_size=section.train_size, test_size=section.test_size, seed=section.seed,
-                     on_unreadable=section.on_unreadable)
+    return sync_pool(
+        paths.data,
+        section.source,
+        root=Path(section.root) if section.root else None,
+        train_size=section.train_size,
+        test_size=section.test_size,
+        seed=section.seed,
+        on_unreadable=section.on_unreadable,
+    )
 
 
 def check_budget(paths: ProjectPaths, params: Params) -> None:
@@ -173,8 +181,10 @@ def check_budget(paths: ProjectPaths, params: Params) -> None:
         known = artifacts.read_json(state)
         taken = len(known["labeled"]) + len(known["pending"])
     if train and params.boundary.budget > train - taken:
-        raise InvalidInputError(f"params: boundary.budget ({params.boundary.budget}) must not exceed the {train - taken} "
-                         f"train items left to pick from ({train} in the pool, {taken} labeled or pending)")
+        raise InvalidInputError(
+            f"params: boundary.budget ({params.boundary.budget}) must not exceed the {train - taken} "
+            f"train items left to pick from ({train} in the pool, {taken} labeled or pending)"
+        )
 
 
 def labels_version(paths: ProjectPaths, params: Params) -> str:
@@ -191,11 +201,13 @@ def imported_labels(paths: ProjectPaths, manifest) -> dict[str, str]:
     against the pool and every round's batch (an edit in place that breaks a rule is an error)."""
     from bilaf.annotation import load_labels
 
-    return load_labels(paths.labels, pool_ids=set(manifest["id"]), classes=pool_classes(manifest),
-                       batches=rounds.batches(paths.root))
+    return load_labels(
+        paths.labels, pool_ids=set(manifest["id"]), classes=pool_classes(manifest), batches=rounds.batches(paths.root)
+    )
 
 
 # --- stages -----------------------------------------------------------------------------------
+
 
 def _run_round(paths: ProjectPaths, params: Params) -> StageOutcome:
     """Freeze the previous round if the pool or the labels changed since its batch; record what the
@@ -212,12 +224,23 @@ def _run_round(paths: ProjectPaths, params: Params) -> StageOutcome:
     else:
         labeled = imported_labels(paths, manifest)
     pending = sorted({item for ids in batches.values() for item in ids} - set(labeled))
-    state = {"round": ledger.open_round, **inputs, "labels": params.annotation.labels,
-             "labeled": dict(sorted(labeled.items())), "pending": pending}
+    state = {
+        "round": ledger.open_round,
+        **inputs,
+        "labels": params.annotation.labels,
+        "labeled": dict(sorted(labeled.items())),
+        "pending": pending,
+    }
     rounds.write(paths.root, ledger, state, ledger.open_round - 1 if froze else None)
-    return StageOutcome(metrics={"round": ledger.open_round, "labeled": len(labeled), "pending": len(pending),
-                                 "frozen_rounds": len(ledger.frozen)},
-                        metadata={"round": ledger.open_round, "froze_round": froze, **inputs})
+    return StageOutcome(
+        metrics={
+            "round": ledger.open_round,
+            "labeled": len(labeled),
+            "pending": len(pending),
+            "frozen_rounds": len(ledger.frozen),
+        },
+        metadata={"round": ledger.open_round, "froze_round": froze, **inputs},
+    )
 
 
 def _run_embeddings(paths: ProjectPaths, params: Params) -> StageOutcome:
@@ -225,12 +248,19 @@ def _run_embeddings(paths: ProjectPaths, params: Params) -> StageOutcome:
 
     section = params.features
     info = embed_pool(
-        paths.data, paths.output("embeddings"), backbone=section.backbone, weights=section.weights,
-        image_size=section.image_size, batch_size=section.batch_size, cache_dir=paths.embedding_cache,
+        paths.data,
+        paths.output("embeddings"),
+        backbone=section.backbone,
+        weights=section.weights,
+        image_size=section.image_size,
+        batch_size=section.batch_size,
+        cache_dir=paths.embedding_cache,
     )
     unreadable = pool_unreadable(paths)
-    return StageOutcome(metrics={**_numeric(dataclasses.asdict(info)), "pool_unreadable_files": len(unreadable)},
-                        metadata={"backbone": section.backbone, "weights": section.weights})
+    return StageOutcome(
+        metrics={**_numeric(dataclasses.asdict(info)), "pool_unreadable_files": len(unreadable)},
+        metadata={"backbone": section.backbone, "weights": section.weights},
+    )
 
 
 def pool_unreadable(paths: ProjectPaths) -> list[dict[str, str]]:
@@ -248,15 +278,18 @@ def _run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
     payload: dict[str, Any] = {"round": known.round, "strategy": strategy}
     if n_cores:
         labels, pending = known.rows(pool)
-        cores = select_cores(pool.features, n_cores, method=params.core.method, seed=params.core.seed,
-                             labels=labels, pending=pending)
+        cores = select_cores(
+            pool.features, n_cores, method=params.core.method, seed=params.core.seed, labels=labels, pending=pending
+        )
         payload.update(cores=cores.to_dict(), core_ids=pool.ids_at(cores.indices))
     else:
         payload.update(cores=None, core_ids=[], skipped=_SKIPPED[strategy])
     with artifacts.atomic_output(paths.output("core_centers")) as out:
         artifacts.write_json(out, payload)
-    return StageOutcome(metrics={"n_cores": len(payload["core_ids"]), "pool_size": len(pool.ids)},
-                        metadata={"round": known.round, "strategy": strategy})
+    return StageOutcome(
+        metrics={"n_cores": len(payload["core_ids"]), "pool_size": len(pool.ids)},
+        metadata={"round": known.round, "strategy": strategy},
+    )
 
 
 def _run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
@@ -265,8 +298,11 @@ def _run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
     strategy = round_strategy(params, known, pool)
     section = params.denoise
-    idc = {"n_neighbors": section.n_neighbors, "ring_fraction": section.ring_fraction,
-           "removal_ratio": section.removal_ratio}
+    idc = {
+        "n_neighbors": section.n_neighbors,
+        "ring_fraction": section.ring_fraction,
+        "removal_ratio": section.removal_ratio,
+    }
     cores = _core_rows(paths, pool)
     payload: dict[str, Any] = {"round": known.round, "strategy": strategy}
     if strategy == ONE_SHOT:
@@ -284,14 +320,22 @@ def _run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
         kept = len(pool.ids)
     with artifacts.atomic_output(paths.output("denoised_pool")) as out:
         artifacts.write_json(out, payload)
-    return StageOutcome(metrics={"pool_size": len(pool.ids), "kept": kept, "removed": len(pool.ids) - kept},
-                        metadata={"round": known.round, "strategy": strategy})
+    return StageOutcome(
+        metrics={"pool_size": len(pool.ids), "kept": kept, "removed": len(pool.ids) - kept},
+        metadata={"round": known.round, "strategy": strategy},
+    )
 
 
 def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
     from bilaf.plots import plot_selection_projection
-    from bilaf.selection import (ClassRegions, CoreSelection, DenoisedPool, select, select_boundary,
-                                           select_class_boundary)
+    from bilaf.selection import (
+        ClassRegions,
+        CoreSelection,
+        DenoisedPool,
+        select,
+        select_boundary,
+        select_class_boundary,
+    )
 
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
     strategy = round_strategy(params, known, pool)
@@ -301,8 +345,10 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
     if strategy == ONE_SHOT:
         free = known.free_rows(pool)
         core_rows = _core_rows(paths, pool)
-        cores = dataclasses.replace(CoreSelection.from_dict(artifacts.read_json(paths.output("core_centers"))["cores"]),
-                                    indices=_positions(free, core_rows))
+        cores = dataclasses.replace(
+            CoreSelection.from_dict(artifacts.read_json(paths.output("core_centers"))["cores"]),
+            indices=_positions(free, core_rows),
+        )
         stage_two = DenoisedPool.from_dict(denoised["denoised"])
         local = select_boundary(pool.features[free], cores, stage_two, budget, penalty=penalty)
         result = local.on_rows(free)
@@ -314,22 +360,32 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
         kept = regions.kept
     else:
         labels, pending = known.rows(pool)
-        result = select(pool.features, budget, strategy, labels=labels, pending=pending,
-                        seed=params.core.seed)
+        result = select(pool.features, budget, strategy, labels=labels, pending=pending, seed=params.core.seed)
     records = selection_records(result, pool, known.round)
     with artifacts.atomic_output(paths.output("boundary_set")) as out:
         out.mkdir()
         artifacts.write_csv(out / "selection.csv", records, SELECTION_COLUMNS)
-        artifacts.write_json(out / "selection.json", {"round": known.round, "strategy": strategy,
-                                                      "selection": result.to_dict(),
-                                                      "ids": pool.ids_at(result.indices)})
+        artifacts.write_json(
+            out / "selection.json",
+            {
+                "round": known.round,
+                "strategy": strategy,
+                "selection": result.to_dict(),
+                "ids": pool.ids_at(result.indices),
+            },
+        )
         artifacts.write_json(out / rounds.ROUND_MARKER, {"round": known.round})
         plot_selection_projection(pool.features, result.core_indices, kept, result, out / "projection.png")
     final = paths.output("boundary_set")
     roles = [record["role"] for record in records]
     return StageOutcome(
-        metrics={"selected": len(records), "cores": roles.count("core"), "boundary": roles.count("boundary"),
-                 "unique": len({record["id"] for record in records}), "round": known.round},
+        metrics={
+            "selected": len(records),
+            "cores": roles.count("core"),
+            "boundary": roles.count("boundary"),
+            "unique": len({record["id"] for record in records}),
+            "round": known.round,
+        },
         metadata={"round": known.round, "strategy": strategy},
         plots=[final / "projection.png"],
     )
@@ -349,8 +405,10 @@ def _run_annotation_batch(paths: ProjectPaths, params: Params) -> StageOutcome:
     if known.labels_mode == GROUND_TRUTH:  # simulated annotators answer the batch at once
         revealed = {item: manifest.at[item, "class_name"] for item in batch["id"] if manifest.at[item, "class_name"]}
     training = {**known.labeled, **revealed}
-    rows = [{**{column: row[column] for column in BATCH_COLUMNS if column != "labeled"},
-             "labeled": row["id"] in training} for row in batch.to_dict("records")]
+    rows = [
+        {**{column: row[column] for column in BATCH_COLUMNS if column != "labeled"}, "labeled": row["id"] in training}
+        for row in batch.to_dict("records")
+    ]
     image_paths = {item: resolve_image(paths, manifest.at[item, "path"]) for item in batch["id"]}
     document_root = document_root_for(image_paths.values(), paths.root)
     with artifacts.atomic_output(paths.output("annotation_batch")) as out:
@@ -358,18 +416,32 @@ def _run_annotation_batch(paths: ProjectPaths, params: Params) -> StageOutcome:
         artifacts.write_csv(out / rounds.ISSUED_BATCH_NAME, rows, BATCH_COLUMNS)
         artifacts.write_json(out / "label_studio_tasks.json", label_studio_tasks(rows, image_paths, document_root))
         # Relative to the project folder, so a moved project keeps byte-identical artifacts.
-        artifacts.write_json(out / "label_studio.json", {
-            "document_root": os.path.relpath(document_root, paths.root),
-            "note": "start Label Studio with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to this folder (relative "
-                    "to the project folder) and a Local Files storage on a folder under it holding the images"})
-        artifacts.write_csv(out / "labels.csv", [{"id": item, "label": training[item]} for item in sorted(training)],
-                            ["id", "label"])
-        artifacts.write_json(out / rounds.ROUND_MARKER,
-                             {"round": known.round, "inputs": {"pool_version": known.pool_version,
-                                                               "labels_version": known.labels_version}})
+        artifacts.write_json(
+            out / "label_studio.json",
+            {
+                "document_root": os.path.relpath(document_root, paths.root),
+                "note": "start Label Studio with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to this folder (relative "
+                "to the project folder) and a Local Files storage on a folder under it holding the images",
+            },
+        )
+        artifacts.write_csv(
+            out / "labels.csv", [{"id": item, "label": training[item]} for item in sorted(training)], ["id", "label"]
+        )
+        artifacts.write_json(
+            out / rounds.ROUND_MARKER,
+            {
+                "round": known.round,
+                "inputs": {"pool_version": known.pool_version, "labels_version": known.labels_version},
+            },
+        )
     return StageOutcome(
-        metrics={"to_annotate": len(rows), "training_labels": len(training), "revealed": len(revealed),
-                 "pending_from_earlier_rounds": len(known.pending), "round": known.round},
+        metrics={
+            "to_annotate": len(rows),
+            "training_labels": len(training),
+            "revealed": len(revealed),
+            "pending_from_earlier_rounds": len(known.pending),
+            "round": known.round,
+        },
         metadata={"round": known.round, "labels": known.labels_mode},
     )
 
@@ -385,27 +457,46 @@ def _run_finetuned_model(paths: ProjectPaths, params: Params) -> StageOutcome:
     if labeled.waiting_for:
         return _waiting(paths.output("finetuned_model"), round_number, labeled.waiting_for)
     section = params.finetune
-    config = FinetuneConfig(epochs=section.epochs, image_size=section.image_size, batch_size=section.batch_size,
-                            learning_rate=section.lr, warmup_epochs=min(2.0, section.epochs - 1), seed=section.seed)
+    config = FinetuneConfig(
+        epochs=section.epochs,
+        image_size=section.image_size,
+        batch_size=section.batch_size,
+        learning_rate=section.lr,
+        warmup_epochs=min(2.0, section.epochs - 1),
+        seed=section.seed,
+    )
     torch.manual_seed(section.seed)  # the new head's initialisation: same seed, same model
-    model = create_classifier(params.features.backbone, num_classes=len(labeled.classes),
-                              weights=params.features.weights)
+    model = create_classifier(
+        params.features.backbone, num_classes=len(labeled.classes), weights=params.features.weights
+    )
     mean, std = input_normalisation(params.features.backbone, params.features.weights)
     result = finetune(model, labeled.train_paths, labeled.train_labels, mean=mean, std=std, config=config)
-    metadata = ModelMetadata(backbone=params.features.backbone, classes=labeled.classes,
-                             image_size=section.image_size, mean=tuple(mean), std=tuple(std),
-                             extra={"config": config.to_dict(), "train_items": len(labeled.train_paths)})
+    metadata = ModelMetadata(
+        backbone=params.features.backbone,
+        classes=labeled.classes,
+        image_size=section.image_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        extra={"config": config.to_dict(), "train_items": len(labeled.train_paths)},
+    )
     with artifacts.atomic_output(paths.output("finetuned_model")) as out:
         save_finetuned(result.model, metadata, out)
         # Loss and learning rate per epoch; throughput is a timing, reported as a metric only so
         # that the artifact stays byte-for-byte reproducible.
-        artifacts.write_json(out / "history.json", [{"epoch": epoch.epoch, "loss": epoch.loss, "lr": epoch.lr}
-                                                    for epoch in result.history])
+        artifacts.write_json(
+            out / "history.json",
+            [{"epoch": epoch.epoch, "loss": epoch.loss, "lr": epoch.lr} for epoch in result.history],
+        )
         artifacts.write_json(out / rounds.ROUND_MARKER, {"round": round_number, "trained": True})
     last = result.history[-1]
     return StageOutcome(
-        metrics={"train_items": len(labeled.train_paths), "classes": len(labeled.classes),
-                 "final_loss": last.loss, "images_per_second": last.images_per_second, "round": round_number},
+        metrics={
+            "train_items": len(labeled.train_paths),
+            "classes": len(labeled.classes),
+            "final_loss": last.loss,
+            "images_per_second": last.images_per_second,
+            "round": round_number,
+        },
         metadata={"round": round_number, "trained": True},
     )
 
@@ -414,8 +505,7 @@ def _run_evaluation(paths: ProjectPaths, params: Params) -> StageOutcome:
     import matplotlib.pyplot as plt
 
     from bilaf.features import load_embeddings
-    from bilaf.training import (evaluate_finetuned, knn_probe, linear_probe, load_finetuned,
-                                          plot_confusion_matrix)
+    from bilaf.training import evaluate_finetuned, knn_probe, linear_probe, load_finetuned, plot_confusion_matrix
 
     labeled = LabeledSelection.load(paths)
     round_number = rounds.output_round(paths.output("annotation_batch"))
@@ -423,40 +513,63 @@ def _run_evaluation(paths: ProjectPaths, params: Params) -> StageOutcome:
         return _waiting(paths.output("evaluation"), round_number, labeled.waiting_for)
     model, metadata = load_finetuned(paths.output("finetuned_model"))
     num_classes = len(labeled.classes)
-    finetuned = evaluate_finetuned(model, labeled.test_paths, labeled.test_labels, metadata.eval_transform(),
-                                   num_classes=num_classes)
+    finetuned = evaluate_finetuned(
+        model, labeled.test_paths, labeled.test_labels, metadata.eval_transform(), num_classes=num_classes
+    )
     embeddings = load_embeddings(paths.output("embeddings"))
     row = {item: position for position, item in enumerate(embeddings.ids)}
     features = np.asarray(embeddings.features)
     train_x = features[[row[item] for item in labeled.train_ids]]
     test_x = features[[row[item] for item in labeled.test_ids]]
     probes = {
-        "linear_probe": linear_probe(train_x, labeled.train_labels, test_x, labeled.test_labels,
-                                     num_classes=num_classes),
-        "knn": knn_probe(train_x, labeled.train_labels, test_x, labeled.test_labels, num_classes=num_classes,
-                         k=params.evaluation.knn_k),
+        "linear_probe": linear_probe(
+            train_x, labeled.train_labels, test_x, labeled.test_labels, num_classes=num_classes
+        ),
+        "knn": knn_probe(
+            train_x,
+            labeled.train_labels,
+            test_x,
+            labeled.test_labels,
+            num_classes=num_classes,
+            k=params.evaluation.knn_k,
+        ),
     }
     results = {"finetuned": finetuned, **probes}
     with artifacts.atomic_output(paths.output("evaluation")) as out:
         out.mkdir()
-        artifacts.write_json(out / "metrics.json", {
-            "round": round_number, "classes": labeled.classes, "test_items": len(labeled.test_ids),
-            "train_items": len(labeled.train_ids),
-            **{name: {"top1": float(metrics.accuracy),
-                      "per_class_accuracy": [None if np.isnan(value) else float(value)
-                                             for value in metrics.per_class_accuracy],
-                      "confusion": np.asarray(metrics.confusion).tolist()} for name, metrics in results.items()},
-        })
+        artifacts.write_json(
+            out / "metrics.json",
+            {
+                "round": round_number,
+                "classes": labeled.classes,
+                "test_items": len(labeled.test_ids),
+                "train_items": len(labeled.train_ids),
+                **{
+                    name: {
+                        "top1": float(metrics.accuracy),
+                        "per_class_accuracy": [
+                            None if np.isnan(value) else float(value) for value in metrics.per_class_accuracy
+                        ],
+                        "confusion": np.asarray(metrics.confusion).tolist(),
+                    }
+                    for name, metrics in results.items()
+                },
+            },
+        )
         artifacts.write_json(out / rounds.ROUND_MARKER, {"round": round_number, "trained": True})
-        figure = plot_confusion_matrix(finetuned.confusion, labeled.classes,
-                                       title=f"Finetuned model on the test split (top-1 {finetuned.accuracy:.3f})")
+        figure = plot_confusion_matrix(
+            finetuned.confusion,
+            labeled.classes,
+            title=f"Finetuned model on the test split (top-1 {finetuned.accuracy:.3f})",
+        )
         figure.savefig(out / "confusion.png", format="png", metadata={"Software": None})
         plt.close(figure)
     final = paths.output("evaluation")
-    return StageOutcome(metrics={**{f"{name}_top1": metrics.accuracy for name, metrics in results.items()},
-                                 "round": round_number},
-                        metadata={"round": round_number, "trained": True},
-                        plots=[final / "confusion.png"])
+    return StageOutcome(
+        metrics={**{f"{name}_top1": metrics.accuracy for name, metrics in results.items()}, "round": round_number},
+        metadata={"round": round_number, "trained": True},
+        plots=[final / "confusion.png"],
+    )
 
 
 def _waiting(output: Path, round_number: int | None, reason: str) -> StageOutcome:
@@ -464,19 +577,25 @@ def _waiting(output: Path, round_number: int | None, reason: str) -> StageOutcom
     stage becomes stale as soon as labels arrive."""
     with artifacts.atomic_output(output) as out:
         out.mkdir()
-        artifacts.write_json(out / rounds.ROUND_MARKER, {"round": round_number, "trained": False, "waiting_for": reason})
+        artifacts.write_json(
+            out / rounds.ROUND_MARKER, {"round": round_number, "trained": False, "waiting_for": reason}
+        )
     return StageOutcome(metrics={"round": round_number or 0}, metadata={"trained": False, "waiting_for": reason})
 
 
 # --- what a round knows, and what it does with it ---------------------------------------------
 
 ONE_SHOT = "one-shot"
-_SKIPPED = {"bilaf": "no coverage cores this round (later_rounds.n_cores = 0)",
-            **{method: f"later_rounds.method {method} picks the whole round in boundary_set"
-               for method in ("activeft", "kmeans", "kcenter", "random", "margin")}}
+_SKIPPED = {
+    "bilaf": "no coverage cores this round (later_rounds.n_cores = 0)",
+    **{
+        method: f"later_rounds.method {method} picks the whole round in boundary_set"
+        for method in ("activeft", "kmeans", "kcenter", "random", "margin")
+    },
+}
 
 
-def round_strategy(params: Params, known: "RoundKnowledge", pool: "TrainPool") -> str:
+def round_strategy(params: Params, known: RoundKnowledge, pool: TrainPool) -> str:
     """What this round runs: "one-shot" (round 1, or no labels of 2+ classes yet: core, denoise and
     boundary sections, around the pending items) or `later_rounds.method` once there are."""
     labeled_classes = {label for item, label in known.labeled.items() if item in pool.row_of}
@@ -496,13 +615,18 @@ class RoundKnowledge:
     pending: list[str]
 
     @classmethod
-    def load(cls, paths: ProjectPaths) -> "RoundKnowledge":
+    def load(cls, paths: ProjectPaths) -> RoundKnowledge:
         state = artifacts.read_json(paths.output("round") / rounds.OPEN_NAME)
-        return cls(round=int(state["round"]), pool_version=state["pool_version"],
-                   labels_version=state["labels_version"], labels_mode=state["labels"],
-                   labeled=dict(state["labeled"]), pending=list(state["pending"]))
+        return cls(
+            round=int(state["round"]),
+            pool_version=state["pool_version"],
+            labels_version=state["labels_version"],
+            labels_mode=state["labels"],
+            labeled=dict(state["labeled"]),
+            pending=list(state["pending"]),
+        )
 
-    def rows(self, pool: "TrainPool") -> tuple[np.ndarray, np.ndarray]:
+    def rows(self, pool: TrainPool) -> tuple[np.ndarray, np.ndarray]:
         """(class index per train row, -1 = unlabeled; pending rows) for the selection engine."""
         index_of = {name: index for index, name in enumerate(pool.class_names)}
         labels = np.full(len(pool.ids), -1, dtype=np.int64)
@@ -512,7 +636,7 @@ class RoundKnowledge:
         pending = np.array(sorted(pool.row_of[item] for item in self.pending if item in pool.row_of), dtype=np.int64)
         return labels, pending
 
-    def free_rows(self, pool: "TrainPool") -> np.ndarray:
+    def free_rows(self, pool: TrainPool) -> np.ndarray:
         """Train rows neither labeled nor pending, ascending: what a one-shot round picks from."""
         labels, pending = self.rows(pool)
         taken = labels >= 0
@@ -537,7 +661,7 @@ class TrainPool:
         return {item: row for row, item in enumerate(self.ids)}
 
     @classmethod
-    def load(cls, paths: ProjectPaths) -> "TrainPool":
+    def load(cls, paths: ProjectPaths) -> TrainPool:
         from bilaf.features import load_embeddings, read_manifest
 
         embeddings = load_embeddings(paths.output("embeddings"))
@@ -548,8 +672,12 @@ class TrainPool:
             raise InvalidInputError("the pool has no train-split items to select from")
         train = train[np.argsort(np.asarray(embeddings.ids)[train], kind="stable")]
         ids = [str(embeddings.ids[i]) for i in train]
-        return cls(ids=ids, paths=[path_of[item] for item in ids], class_names=pool_classes(manifest),
-                   features=np.ascontiguousarray(np.asarray(embeddings.features)[train], dtype=np.float32))
+        return cls(
+            ids=ids,
+            paths=[path_of[item] for item in ids],
+            class_names=pool_classes(manifest),
+            features=np.ascontiguousarray(np.asarray(embeddings.features)[train], dtype=np.float32),
+        )
 
     def ids_at(self, positions: Any) -> list[str]:
         return [self.ids[int(position)] for position in positions]
@@ -576,22 +704,47 @@ def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.searchsorted(rows, wanted).astype(np.int64)
 
 
-SELECTION_COLUMNS = ("rank", "id", "path", "role", "cluster_core", "rival_core", "predicted_class", "rival_class",
-                     "boundary_score", "penalty_factor", "margin", "round")
-BATCH_COLUMNS = ("rank", "id", "path", "role", "cluster_core", "predicted_class", "boundary_score", "margin",
-                 "labeled")
+SELECTION_COLUMNS = (
+    "rank",
+    "id",
+    "path",
+    "role",
+    "cluster_core",
+    "rival_core",
+    "predicted_class",
+    "rival_class",
+    "boundary_score",
+    "penalty_factor",
+    "margin",
+    "round",
+)
+BATCH_COLUMNS = ("rank", "id", "path", "role", "cluster_core", "predicted_class", "boundary_score", "margin", "labeled")
 
 
 def selection_records(result, pool: TrainPool, round_number: int) -> list[dict[str, Any]]:
     """One row per pick, every reference an item id or a class name (never a row position)."""
     cluster_core = {stats.cluster: pool.ids[stats.core_index] for stats in result.clusters}
-    name = (lambda index: None if index is None else pool.class_names[index])
-    return [{"rank": pick.rank, "id": pool.ids[pick.index], "path": pool.paths[pick.index], "role": pick.role,
-             "cluster_core": cluster_core.get(pick.cluster), "rival_core":
-                 None if pick.rival_center is None else pool.ids[pick.rival_center],
-             "predicted_class": name(pick.predicted_class), "rival_class": name(pick.rival_class),
-             "boundary_score": pick.boundary_score, "penalty_factor": pick.penalty_factor, "margin": pick.margin,
-             "round": round_number} for pick in result.picks]
+
+    def name(index: int | None) -> str | None:
+        return None if index is None else pool.class_names[index]
+
+    return [
+        {
+            "rank": pick.rank,
+            "id": pool.ids[pick.index],
+            "path": pool.paths[pick.index],
+            "role": pick.role,
+            "cluster_core": cluster_core.get(pick.cluster),
+            "rival_core": None if pick.rival_center is None else pool.ids[pick.rival_center],
+            "predicted_class": name(pick.predicted_class),
+            "rival_class": name(pick.rival_class),
+            "boundary_score": pick.boundary_score,
+            "penalty_factor": pick.penalty_factor,
+            "margin": pick.margin,
+            "round": round_number,
+        }
+        for pick in result.picks
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -611,7 +764,7 @@ class LabeledSelection:
     waiting_for: str
 
     @classmethod
-    def load(cls, paths: ProjectPaths) -> "LabeledSelection":
+    def load(cls, paths: ProjectPaths) -> LabeledSelection:
         import pandas as pd
 
         from bilaf.features import read_manifest
@@ -625,52 +778,133 @@ class LabeledSelection:
         train_ids = given["id"].tolist()
         present = set(given["label"])
         if len(present) < 2:
-            return cls(classes=classes, train_ids=train_ids, train_paths=[], train_labels=np.empty(0, np.int64),
-                       test_ids=[], test_paths=[], test_labels=np.empty(0, np.int64),
-                       waiting_for=f"labels of at least 2 classes ({len(given)} labeled items, "
-                                   f"{len(present)} class(es) so far): import annotators' labels with "
-                                   "`bilaf labels import FILE --round N`")
-        validated = validate_labeled_selection(train_ids, dict(zip(given["id"], given["label"])), classes,
-                                               test["label"].tolist())
-        return cls(classes=classes, train_ids=train_ids,
-                   train_paths=[str(resolve_image(paths, path_of[i])) for i in train_ids],
-                   train_labels=validated.train, test_ids=test["id"].tolist(),
-                   test_paths=[str(resolve_image(paths, p)) for p in test["path"]], test_labels=validated.test,
-                   waiting_for="")
+            return cls(
+                classes=classes,
+                train_ids=train_ids,
+                train_paths=[],
+                train_labels=np.empty(0, np.int64),
+                test_ids=[],
+                test_paths=[],
+                test_labels=np.empty(0, np.int64),
+                waiting_for=f"labels of at least 2 classes ({len(given)} labeled items, "
+                f"{len(present)} class(es) so far): import annotators' labels with "
+                "`bilaf labels import FILE --round N`",
+            )
+        validated = validate_labeled_selection(
+            train_ids, dict(zip(given["id"], given["label"])), classes, test["label"].tolist()
+        )
+        return cls(
+            classes=classes,
+            train_ids=train_ids,
+            train_paths=[str(resolve_image(paths, path_of[i])) for i in train_ids],
+            train_labels=validated.train,
+            test_ids=test["id"].tolist(),
+            test_paths=[str(resolve_image(paths, p)) for p in test["path"]],
+            test_labels=validated.test,
+            waiting_for="",
+        )
 
 
 def _numeric(values: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in values.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 _SPECS = (
-    StageSpec("round", ("annotation",), (), ("pool", "labels"), "rounds", ("annotation",), "rounds",
-              "The annotation round: earlier rounds frozen when the pool or labels changed; what is labeled "
-              "and what is pending.", _run_round, persist=True),
-    StageSpec("embeddings", ("data", "features"), (), ("pool",), "artifacts/embeddings", ("features",), "selection",
-              "Frozen-backbone features of every pool item, keyed by item id (new items only are computed).",
-              _run_embeddings),
-    StageSpec("core_centers", ("core", "later_rounds"), ("embeddings", "round"), (), "artifacts/core_centers.json",
-              ("selection",), "selection",
-              "Coverage picks of the round (ActiveFT by default): BiLAF's cores, with every labeled and pending "
-              "item as a fixed anchor.", _run_core_centers),
-    StageSpec("denoised_pool", ("denoise",), ("embeddings", "round", "core_centers"), (),
-              "artifacts/denoised_pool.json", ("selection",), "selection",
-              "Clusters (round 1: around the cores; later rounds: the classes of the labels) with their "
-              "peripheral items removed by IDC.", _run_denoised_pool),
-    StageSpec("boundary_set", ("boundary",), ("embeddings", "round", "core_centers", "denoised_pool"), (),
-              "artifacts/boundary_set", ("selection", "plots.py"), "selection",
-              "The round's selection: cores plus boundary picks, with per-pick provenance.", _run_boundary_set),
-    StageSpec("annotation_batch", (), ("boundary_set", "round"), ("pool",), "artifacts/annotation_batch",
-              ("annotation",), "selection",
-              "The round's batch for annotators (CSV, Label Studio tasks) and the labels training uses.",
-              _run_annotation_batch),
-    StageSpec("finetuned_model", ("features", "finetune"), ("annotation_batch",), ("pool",),
-              "artifacts/finetuned_model", ("training", "features"), "training",
-              "The backbone finetuned on every label so far.", _run_finetuned_model),
-    StageSpec("evaluation", ("evaluation",), ("finetuned_model", "embeddings", "annotation_batch"), ("pool",),
-              "artifacts/evaluation", ("training",), "training",
-              "Test-split accuracy of the finetuned model, a linear probe and kNN.", _run_evaluation),
+    StageSpec(
+        "round",
+        ("annotation",),
+        (),
+        ("pool", "labels"),
+        "rounds",
+        ("annotation",),
+        "rounds",
+        "The annotation round: earlier rounds frozen when the pool or labels changed; what is labeled "
+        "and what is pending.",
+        _run_round,
+        persist=True,
+    ),
+    StageSpec(
+        "embeddings",
+        ("data", "features"),
+        (),
+        ("pool",),
+        "artifacts/embeddings",
+        ("features",),
+        "selection",
+        "Frozen-backbone features of every pool item, keyed by item id (new items only are computed).",
+        _run_embeddings,
+    ),
+    StageSpec(
+        "core_centers",
+        ("core", "later_rounds"),
+        ("embeddings", "round"),
+        (),
+        "artifacts/core_centers.json",
+        ("selection",),
+        "selection",
+        "Coverage picks of the round (ActiveFT by default): BiLAF's cores, with every labeled and pending "
+        "item as a fixed anchor.",
+        _run_core_centers,
+    ),
+    StageSpec(
+        "denoised_pool",
+        ("denoise",),
+        ("embeddings", "round", "core_centers"),
+        (),
+        "artifacts/denoised_pool.json",
+        ("selection",),
+        "selection",
+        "Clusters (round 1: around the cores; later rounds: the classes of the labels) with their "
+        "peripheral items removed by IDC.",
+        _run_denoised_pool,
+    ),
+    StageSpec(
+        "boundary_set",
+        ("boundary",),
+        ("embeddings", "round", "core_centers", "denoised_pool"),
+        (),
+        "artifacts/boundary_set",
+        ("selection", "plots.py"),
+        "selection",
+        "The round's selection: cores plus boundary picks, with per-pick provenance.",
+        _run_boundary_set,
+    ),
+    StageSpec(
+        "annotation_batch",
+        (),
+        ("boundary_set", "round"),
+        ("pool",),
+        "artifacts/annotation_batch",
+        ("annotation",),
+        "selection",
+        "The round's batch for annotators (CSV, Label Studio tasks) and the labels training uses.",
+        _run_annotation_batch,
+    ),
+    StageSpec(
+        "finetuned_model",
+        ("features", "finetune"),
+        ("annotation_batch",),
+        ("pool",),
+        "artifacts/finetuned_model",
+        ("training", "features"),
+        "training",
+        "The backbone finetuned on every label so far.",
+        _run_finetuned_model,
+    ),
+    StageSpec(
+        "evaluation",
+        ("evaluation",),
+        ("finetuned_model", "embeddings", "annotation_batch"),
+        ("pool",),
+        "artifacts/evaluation",
+        ("training",),
+        "training",
+        "Test-split accuracy of the finetuned model, a linear probe and kNN.",
+        _run_evaluation,
+    ),
 )
 STAGES: dict[str, StageSpec] = {spec.name: spec for spec in _SPECS}

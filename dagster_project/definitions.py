@@ -1,4 +1,5 @@
 """Assembles the Dagster code location; the definitions themselves live in dagster_project/defs."""
+
 from __future__ import annotations
 
 import os

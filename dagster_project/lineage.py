@@ -7,6 +7,7 @@ own hash is a tag of the run; the logged parameters hash to the run's `params_ha
 Dagster run the MLflow run names exists; the DVC version of the output is still stored (cache or
 default remote). A mismatch raises `LineageError` naming the record that disagrees.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from bilaf.errors import BilafError, InvalidInputError
 from bilaf import dvc
+from bilaf.errors import BilafError, InvalidInputError
 from bilaf.stages import STAGES, ProjectPaths, lineage_params
 
 
@@ -51,8 +52,11 @@ class Records:
         import mlflow
 
         self.paths = ProjectPaths(Path(root).resolve())
-        self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-            f"sqlite:///{self.paths.root / 'mlflow' / 'mlflow.db'}"
+        self.uri = (
+            tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{self.paths.root / 'mlflow' / 'mlflow.db'}"
+        )
         if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).is_file():
             raise LineageError(f"no MLflow store at {self.uri}: nothing has been recorded for {self.paths.root} yet")
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
@@ -68,8 +72,9 @@ class Records:
     def runs(self, asset: str, extra: str = "") -> list:
         """FINISHED runs of one asset, oldest first."""
         query = f"tags.asset_key = '{asset}' and attributes.status = 'FINISHED'" + (f" and {extra}" if extra else "")
-        return self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"],
-                                       max_results=50_000)
+        return self.client.search_runs(
+            [self.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=50_000
+        )
 
     def run_of_version(self, asset: str, md5: str):
         """The latest FINISHED run that produced this DVC version of an asset's output."""
@@ -93,16 +98,20 @@ class Records:
         manifest_file = Path(self.client.download_artifacts(run_id, OUTPUT_MANIFEST, self._folder(run_id)))
         manifest = json.loads(manifest_file.read_text())
         if canonical_sha256(manifest) != run.data.tags.get("output_manifest_sha256"):
-            raise LineageError(f"MLflow run {run_id}: its {OUTPUT_MANIFEST} does not match the run's "
-                               "output_manifest_sha256 tag (the logged artifacts were changed)")
+            raise LineageError(
+                f"MLflow run {run_id}: its {OUTPUT_MANIFEST} does not match the run's "
+                "output_manifest_sha256 tag (the logged artifacts were changed)"
+            )
         name = run.data.tags["output_name"]
         inside = relative.removeprefix(f"{name}/") if relative != name else name
         if inside not in manifest:
             raise LineageError(f"MLflow run {run_id} recorded no file {relative} (it has {sorted(manifest)[:8]})")
         local = Path(self.client.download_artifacts(run_id, relative, self._folder(run_id)))
         if sha256_file(local) != manifest[inside]["sha256"]:
-            raise LineageError(f"MLflow run {run_id}: artifact {relative} does not match its recorded sha256 "
-                               f"{manifest[inside]['sha256']} (it was changed after the run)")
+            raise LineageError(
+                f"MLflow run {run_id}: artifact {relative} does not match its recorded sha256 "
+                f"{manifest[inside]['sha256']} (it was changed after the run)"
+            )
         return local
 
     def _folder(self, run_id: str) -> str:
@@ -118,23 +127,33 @@ class Records:
             return
         tags, asset = run.data.tags, run.data.tags["asset_key"]
         for section in lineage_params(asset):
-            values = {key.removeprefix(f"{section}."): _typed(value) for key, value in run.data.params.items()
-                      if key.startswith(f"{section}.")}
+            values = {
+                key.removeprefix(f"{section}."): _typed(value)
+                for key, value in run.data.params.items()
+                if key.startswith(f"{section}.")
+            }
             try:
                 recomputed = section_hash_of(validated_section(section, values))
             except BilafError as error:
-                raise LineageError(f"MLflow run {run.info.run_id}: its {section} parameters are not valid: "
-                                   f"{error}") from None
+                raise LineageError(
+                    f"MLflow run {run.info.run_id}: its {section} parameters are not valid: {error}"
+                ) from None
             if recomputed != tags.get(f"params_hash:{section}"):
-                raise LineageError(f"MLflow run {run.info.run_id}: its logged {section} parameters hash to "
-                                   f"{recomputed}, its tag params_hash:{section} says {tags.get(f'params_hash:{section}')}")
+                raise LineageError(
+                    f"MLflow run {run.info.run_id}: its logged {section} parameters hash to "
+                    f"{recomputed}, its tag params_hash:{section} says {tags.get(f'params_hash:{section}')}"
+                )
         dagster_run = tags.get("dagster_run_id")
         if self.dagster_runs.get(dagster_run) is None:
-            raise LineageError(f"MLflow run {run.info.run_id} names Dagster run {dagster_run}, which this project's "
-                               f"Dagster instance ({os.environ.get('DAGSTER_HOME')}) does not hold")
+            raise LineageError(
+                f"MLflow run {run.info.run_id} names Dagster run {dagster_run}, which this project's "
+                f"Dagster instance ({os.environ.get('DAGSTER_HOME')}) does not hold"
+            )
         if dvc.is_dvc_project(self.paths.root) and dvc.find_object(self.paths.root, tags["dvc_md5"]) is None:
-            raise LineageError(f"{asset} version {tags['dvc_md5']} (MLflow run {run.info.run_id}) is in neither the "
-                               "DVC cache nor the default remote any more (was `dvc gc` run?)")
+            raise LineageError(
+                f"{asset} version {tags['dvc_md5']} (MLflow run {run.info.run_id}) is in neither the "
+                "DVC cache nor the default remote any more (was `dvc gc` run?)"
+            )
         self._verified.add(run.info.run_id)
 
     @cached_property
@@ -142,8 +161,7 @@ class Records:
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
-            return {record.dagster_run.run_id: record.dagster_run.status.value
-                    for record in instance.get_run_records()}
+            return {record.dagster_run.run_id: record.dagster_run.status.value for record in instance.get_run_records()}
 
     def inputs(self, run) -> dict[str, Any]:
         """The exact inputs of a selection version, each from the run that produced it."""
@@ -156,23 +174,32 @@ class Records:
             self.verify(linked)
         return {
             "round": state["round"],
-            "pool_version": state["pool_version"], "pool_dvc_md5": tags.get("data_version"),
-            "labels_version": state["labels_version"], "labels_dvc_md5": tags.get("labels_dvc_md5"),
-            "labeled_before": len(state["labeled"]), "pending_before": len(state["pending"]),
+            "pool_version": state["pool_version"],
+            "pool_dvc_md5": tags.get("data_version"),
+            "labels_version": state["labels_version"],
+            "labels_dvc_md5": tags.get("labels_dvc_md5"),
+            "labeled_before": len(state["labeled"]),
+            "pending_before": len(state["pending"]),
             "backbone": {key: meta[key] for key in ("backbone", "weights_sha256", "image_size", "mean", "std")},
-            "parameters": {section: {key.removeprefix(f"{section}."): _typed(value)
-                                     for key, value in sorted(run.data.params.items())
-                                     if key.startswith(f"{section}.")}
-                           for section in lineage_params("boundary_set")},
-            "code_version": tags.get("code_version"), "git_commit": tags.get("git_commit"),
+            "parameters": {
+                section: {
+                    key.removeprefix(f"{section}."): _typed(value)
+                    for key, value in sorted(run.data.params.items())
+                    if key.startswith(f"{section}.")
+                }
+                for section in lineage_params("boundary_set")
+            },
+            "code_version": tags.get("code_version"),
+            "git_commit": tags.get("git_commit"),
             "git_code_diff": tags.get("git_code_diff"),
-            "dagster_run_id": tags.get("dagster_run_id"), "mlflow_run_id": run.info.run_id,
+            "dagster_run_id": tags.get("dagster_run_id"),
+            "mlflow_run_id": run.info.run_id,
             "selection_dvc_md5": tags.get("dvc_md5"),
         }
 
 
 def _date(run) -> str:
-    return datetime.datetime.fromtimestamp(run.info.start_time / 1000, tz=datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(run.info.start_time / 1000, tz=datetime.UTC).isoformat()
 
 
 def explain(item_id: str, root: Path, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -185,28 +212,56 @@ def explain(item_id: str, root: Path, tracking_uri: str | None = None) -> dict[s
     picked, latest_per_round = [], {}
     for run in selections:
         records.verify(run)
-        selection = pd.read_csv(records.artifact(run, "boundary_set/selection.csv"), dtype={"id": str},
-                                keep_default_na=False, na_values={column: [""] for column in
-                                                                  ("boundary_score", "penalty_factor", "margin")})
+        selection = pd.read_csv(
+            records.artifact(run, "boundary_set/selection.csv"),
+            dtype={"id": str},
+            keep_default_na=False,
+            na_values={column: [""] for column in ("boundary_score", "penalty_factor", "margin")},
+        )
         latest_per_round[int(run.data.tags.get("round", 0))] = run
         for row in selection[selection["id"] == item_id].to_dict("records"):
-            picked.append({"date": _date(run),
-                           **{key: _cell(row[key]) for key in ("round", "rank", "role", "cluster_core", "rival_core",
-                                                               "predicted_class", "rival_class", "boundary_score",
-                                                               "penalty_factor", "margin")},
-                           "inputs": records.inputs(run)})
+            picked.append(
+                {
+                    "date": _date(run),
+                    **{
+                        key: _cell(row[key])
+                        for key in (
+                            "round",
+                            "rank",
+                            "role",
+                            "cluster_core",
+                            "rival_core",
+                            "predicted_class",
+                            "rival_class",
+                            "boundary_score",
+                            "penalty_factor",
+                            "margin",
+                        )
+                    },
+                    "inputs": records.inputs(run),
+                }
+            )
     report: dict[str, Any] = {"id": item_id, "picked": picked}
     if not picked:
-        report["not_picked"] = [{"round": number, "date": _date(run), "why": _why_not(records, run, item_id),
-                                 "mlflow_run_id": run.info.run_id}
-                                for number, run in sorted(latest_per_round.items())]
+        report["not_picked"] = [
+            {
+                "round": number,
+                "date": _date(run),
+                "why": _why_not(records, run, item_id),
+                "mlflow_run_id": run.info.run_id,
+            }
+            for number, run in sorted(latest_per_round.items())
+        ]
     return report
 
 
 def _why_not(records: Records, run, item_id: str) -> str:
     """Why the selection version of ``run`` did not pick the item, where its records can say."""
-    state = json.loads(records.artifact(records.run_of_version("round", run.data.tags["dvc_input:rounds"]),
-                                        "rounds/open.json").read_text())
+    state = json.loads(
+        records.artifact(
+            records.run_of_version("round", run.data.tags["dvc_input:rounds"]), "rounds/open.json"
+        ).read_text()
+    )
     if item_id in state["labeled"]:
         return f"labeled already ({state['labeled'][item_id]}) before this round"
     if item_id in state["pending"]:
@@ -233,8 +288,7 @@ def _why_not(records: Records, run, item_id: str) -> str:
     return f"kept in the cluster of core {core} but outscored: its share of picks went to items nearer a rival core"
 
 
-def reproduce(run_id: str, root: Path, scratch: Path | None = None,
-              tracking_uri: str | None = None) -> dict[str, Any]:
+def reproduce(run_id: str, root: Path, scratch: Path | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Re-run the selection of boundary_set run ``run_id`` from its recorded inputs (embeddings,
     rounds state and pool manifest at their DVC versions, its logged parameters) in a scratch
     folder, with today's code; report whether the picks are identical."""
@@ -246,8 +300,9 @@ def reproduce(run_id: str, root: Path, scratch: Path | None = None,
     records = Records(root, tracking_uri)
     run = records.client.get_run(run_id)
     if run.data.tags.get("asset_key") != "boundary_set":
-        raise LineageError(f"MLflow run {run_id} is not a selection (boundary_set) run: it is "
-                           f"{run.data.tags.get('asset_key')!r}")
+        raise LineageError(
+            f"MLflow run {run_id} is not a selection (boundary_set) run: it is {run.data.tags.get('asset_key')!r}"
+        )
     records.verify(run)
     recorded = pd.read_csv(records.artifact(run, "boundary_set/selection.csv"), dtype=str, keep_default_na=False)
     inputs = records.inputs(run)
@@ -265,7 +320,14 @@ def reproduce(run_id: str, root: Path, scratch: Path | None = None,
     same = recorded[["id", "role"]].equals(again[["id", "role"]])
     differing = len(set(recorded["id"]) ^ set(again["id"])) // 2 + abs(len(recorded) - len(again))
     current = STAGES["boundary_set"].code_version()
-    return {"mlflow_run_id": run_id, "round": inputs["round"], "identical": bool(same), "picks": len(recorded),
-            "picks_differing": differing, "scratch": str(folder),
-            "recorded_code_version": tags.get("code_version"), "current_code_version": current,
-            "code_changed": tags.get("code_version") != current}
+    return {
+        "mlflow_run_id": run_id,
+        "round": inputs["round"],
+        "identical": bool(same),
+        "picks": len(recorded),
+        "picks_differing": differing,
+        "scratch": str(folder),
+        "recorded_code_version": tags.get("code_version"),
+        "current_code_version": current,
+        "code_changed": tags.get("code_version") != current,
+    }

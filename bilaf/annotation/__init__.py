@@ -1,7 +1,7 @@
 """Annotation round trip: Label Studio tasks out, annotator files in, a versioned label store."""
+
 from bilaf.annotation.formats import AnnotationRow, AnnotatorFile, read_annotator_file
-from bilaf.annotation.label_studio import (document_root_for, label_studio_tasks, labeling_config,
-                                                     local_files_url)
+from bilaf.annotation.label_studio import document_root_for, label_studio_tasks, labeling_config, local_files_url
 from bilaf.annotation.store import (
     ImportReport,
     ensure_store,

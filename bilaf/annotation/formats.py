@@ -19,6 +19,7 @@ rows (CSV, JSON-MIN) or two annotations (JSON): read as one row when they agree,
 when they do not (a conflict the label store refuses). Row numbers are the CSV line (header = 1) or
 the 1-based position in the JSON list.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.annotation.label_studio import LABEL_FIELD
+from bilaf.errors import InvalidInputError, MissingFileError
 
 ID_COLUMN = "id"
 ITEM_ID_FIELD = "item_id"  # our id inside a Label Studio task's data
@@ -82,12 +83,16 @@ def _read_csv(path: Path, text: str) -> AnnotatorFile:
     columns = list(reader.fieldnames or [])
     id_column = ITEM_ID_FIELD if ITEM_ID_FIELD in columns else ID_COLUMN
     if "annotation_id" in columns and ITEM_ID_FIELD not in columns:
-        raise InvalidInputError(f"{path}: a Label Studio export without an `{ITEM_ID_FIELD}` column (its `id` is Label "
-                         f"Studio's task number, not ours); import the tasks from label_studio_tasks.json, which "
-                         f"carry `{ITEM_ID_FIELD}`. Columns found: {', '.join(columns)}")
+        raise InvalidInputError(
+            f"{path}: a Label Studio export without an `{ITEM_ID_FIELD}` column (its `id` is Label "
+            f"Studio's task number, not ours); import the tasks from label_studio_tasks.json, which "
+            f"carry `{ITEM_ID_FIELD}`. Columns found: {', '.join(columns)}"
+        )
     if id_column not in columns or LABEL_FIELD not in columns:
-        raise InvalidInputError(f"{path}: needs an `{ID_COLUMN}` (or Label Studio's `{ITEM_ID_FIELD}`) and a "
-                         f"`{LABEL_FIELD}` column; columns found: {', '.join(columns) or 'none'}")
+        raise InvalidInputError(
+            f"{path}: needs an `{ID_COLUMN}` (or Label Studio's `{ITEM_ID_FIELD}`) and a "
+            f"`{LABEL_FIELD}` column; columns found: {', '.join(columns) or 'none'}"
+        )
     label_studio = id_column == ITEM_ID_FIELD
     rows, not_annotated, without_id, annotations = [], [], [], set()
     for record in reader:
@@ -99,7 +104,9 @@ def _read_csv(path: Path, text: str) -> AnnotatorFile:
         elif not label_studio or _first_annotation(annotations, record.get(ID_COLUMN), item_id, label):
             rows.append(AnnotationRow(reader.line_num, item_id, label))
     if without_id:
-        raise InvalidInputError(f"{path}: {len(without_id)} row(s) without an `{id_column}`: {describe_rows(without_id)}")
+        raise InvalidInputError(
+            f"{path}: {len(without_id)} row(s) without an `{id_column}`: {describe_rows(without_id)}"
+        )
     return AnnotatorFile(path, "label-studio-csv" if label_studio else "csv", tuple(rows), tuple(not_annotated))
 
 
@@ -109,12 +116,17 @@ def _read_json(path: Path, text: str) -> AnnotatorFile:
     except json.JSONDecodeError as error:
         raise InvalidInputError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(entries, list):
-        found = (f"an object with keys: {', '.join(map(str, entries))}" if isinstance(entries, dict)
-                 else f"a JSON {type(entries).__name__}")
+        found = (
+            f"an object with keys: {', '.join(map(str, entries))}"
+            if isinstance(entries, dict)
+            else f"a JSON {type(entries).__name__}"
+        )
         raise InvalidInputError(f"{path}: a Label Studio export is a JSON list of tasks; found {found}")
     not_objects = [f"row {position}" for position, entry in enumerate(entries, 1) if not isinstance(entry, dict)]
     if not_objects:
-        raise InvalidInputError(f"{path}: {len(not_objects)} entry(ies) are not JSON objects: {describe_rows(not_objects)}")
+        raise InvalidInputError(
+            f"{path}: {len(not_objects)} entry(ies) are not JSON objects: {describe_rows(not_objects)}"
+        )
     if entries and "annotations" in entries[0]:
         return _read_label_studio_json(path, entries)
     return _read_label_studio_json_min(path, entries)
@@ -125,13 +137,17 @@ def _read_label_studio_json(path: Path, tasks: list[dict[str, Any]]) -> Annotato
     for position, task in enumerate(tasks, 1):
         data = task.get("data")
         if not isinstance(data, dict) or not isinstance(task.get("annotations"), list):
-            raise InvalidInputError(f"{path}: row {position} is not a Label Studio task (needs `data` and `annotations`); "
-                             f"keys found: {', '.join(task)}")
+            raise InvalidInputError(
+                f"{path}: row {position} is not a Label Studio task (needs `data` and `annotations`); "
+                f"keys found: {', '.join(task)}"
+            )
         item_id = str(data.get(ITEM_ID_FIELD) or "").strip()
         if not item_id:
-            raise InvalidInputError(f"{path}: row {position} (Label Studio task {task.get('id')}) has no "
-                             f"data.{ITEM_ID_FIELD}; data keys found: {', '.join(data) or 'none'}. Import the "
-                             "tasks from label_studio_tasks.json, which carry it")
+            raise InvalidInputError(
+                f"{path}: row {position} (Label Studio task {task.get('id')}) has no "
+                f"data.{ITEM_ID_FIELD}; data keys found: {', '.join(data) or 'none'}. Import the "
+                "tasks from label_studio_tasks.json, which carry it"
+            )
         labels = []
         for annotation in task["annotations"]:
             if annotation.get("was_cancelled"):
@@ -147,8 +163,10 @@ def _read_label_studio_json(path: Path, tasks: list[dict[str, Any]]) -> Annotato
         if not labels:
             not_annotated.append(item_id)
     if not rows and other_choice_names:
-        raise InvalidInputError(f"{path}: no choices named `{LABEL_FIELD}` (the labeling config's Choices tag); "
-                         f"choices found under: {', '.join(sorted(other_choice_names))}")
+        raise InvalidInputError(
+            f"{path}: no choices named `{LABEL_FIELD}` (the labeling config's Choices tag); "
+            f"choices found under: {', '.join(sorted(other_choice_names))}"
+        )
     return AnnotatorFile(path, "label-studio-json", tuple(rows), tuple(not_annotated))
 
 
@@ -157,18 +175,24 @@ def _read_label_studio_json_min(path: Path, entries: list[dict[str, Any]]) -> An
     for position, entry in enumerate(entries, 1):
         item_id = str(entry.get(ITEM_ID_FIELD) or "").strip()
         if not item_id:
-            raise InvalidInputError(f"{path}: row {position} has no `{ITEM_ID_FIELD}` (`id` is Label Studio's task "
-                             f"number, not ours); keys found: {', '.join(entry) or 'none'}")
+            raise InvalidInputError(
+                f"{path}: row {position} has no `{ITEM_ID_FIELD}` (`id` is Label Studio's task "
+                f"number, not ours); keys found: {', '.join(entry) or 'none'}"
+            )
         if LABEL_FIELD not in entry:
             if entry.get("annotation_id") is not None:
-                raise InvalidInputError(f"{path}: row {position} is an annotation without a `{LABEL_FIELD}` key (the "
-                                 f"labeling config's Choices tag); keys found: {', '.join(entry)}")
+                raise InvalidInputError(
+                    f"{path}: row {position} is an annotation without a `{LABEL_FIELD}` key (the "
+                    f"labeling config's Choices tag); keys found: {', '.join(entry)}"
+                )
             not_annotated.append(item_id)
             continue
         label = entry[LABEL_FIELD]
         if not isinstance(label, str):
-            raise InvalidInputError(f"{path}: row {position} ({item_id}) has {LABEL_FIELD} {json.dumps(label)}, not one "
-                             'choice; the labeling config must use choice="single"')
+            raise InvalidInputError(
+                f"{path}: row {position} ({item_id}) has {LABEL_FIELD} {json.dumps(label)}, not one "
+                'choice; the labeling config must use choice="single"'
+            )
         if _first_annotation(annotations, entry.get(ID_COLUMN), item_id, label.strip()):
             rows.append(AnnotationRow(position, item_id, label.strip()))
     return AnnotatorFile(path, "label-studio-json-min", tuple(rows), tuple(not_annotated))

@@ -7,6 +7,7 @@ The round files are the truth (and what `labels_version` hashes); `labels.csv` i
 whenever it disagrees with them. A label once stored is never changed by an import: relabelling an
 id is refused, so a label paid for keeps its round and its value.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,9 +20,9 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from bilaf.errors import InvalidInputError
 from bilaf import artifacts
 from bilaf.annotation.formats import AnnotationRow, describe_rows
+from bilaf.errors import InvalidInputError
 
 MERGED_NAME = "labels.csv"
 ROUND_COLUMNS = ("id", "label")
@@ -65,8 +66,9 @@ def labels_version(store_dir: Path) -> str:
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:16]
 
 
-def load_labels(store_dir: Path, *, pool_ids: Collection[str], classes: Collection[str],
-                batches: Mapping[int, Collection[str]]) -> dict[str, str]:
+def load_labels(
+    store_dir: Path, *, pool_ids: Collection[str], classes: Collection[str], batches: Mapping[int, Collection[str]]
+) -> dict[str, str]:
     """The merged labels (id -> class name, sorted by id), re-validating the round files as they are on disk.
 
     `batches` maps each stored round to its batch ids. An edit that breaks a rule (unknown id or
@@ -90,8 +92,15 @@ def ensure_store(store_dir: Path) -> None:
     _write_merged(store_dir, _read_store(store_dir))
 
 
-def import_labels(store_dir: Path, rows: Iterable[AnnotationRow], round_number: int, *,
-                  pool_ids: Collection[str], batch_ids: Collection[str], classes: Collection[str]) -> ImportReport:
+def import_labels(
+    store_dir: Path,
+    rows: Iterable[AnnotationRow],
+    round_number: int,
+    *,
+    pool_ids: Collection[str],
+    batch_ids: Collection[str],
+    classes: Collection[str],
+) -> ImportReport:
     """Add round `round_number`'s labels to the store after checking every row; nothing is written on error.
 
     A row whose id is stored already with the same label (in any round) is "already known", so re-importing
@@ -127,19 +136,30 @@ def import_labels(store_dir: Path, rows: Iterable[AnnotationRow], round_number: 
             unknown_classes.append(f"{where} {row.label!r}")
         else:
             new_labels[row.item_id] = row.label
-    conflicts = [f"{item_id} ({', '.join(f'row {numbers[0]} {label!r}' for label, numbers in labels.items())})"
-                 for item_id, labels in file_labels.items() if len(labels) > 1]
-    repeats = [f"{item_id} (rows {', '.join(map(str, numbers))})"
-               for item_id, labels in file_labels.items() if len(labels) == 1
-               for numbers in labels.values() if len(numbers) > 1]
-    problems = [f"{len(items)} {what}: {describe_rows(items)}" for what, items in (
-        ("row(s) with ids not in the pool", unknown_ids),
-        (f"row(s) with ids not in round {round_number}'s batch", outside_batch),
-        (f"row(s) with unknown classes (known: {', '.join(sorted(known_classes)) or 'none'})", unknown_classes),
-        ("id(s) given different labels within the file", conflicts),
-        ("id(s) listed more than once in the file", repeats),
-        ("row(s) relabel a stored id (a stored label is never changed)", relabels),
-    ) if items]
+    conflicts = [
+        f"{item_id} ({', '.join(f'row {numbers[0]} {label!r}' for label, numbers in labels.items())})"
+        for item_id, labels in file_labels.items()
+        if len(labels) > 1
+    ]
+    repeats = [
+        f"{item_id} (rows {', '.join(map(str, numbers))})"
+        for item_id, labels in file_labels.items()
+        if len(labels) == 1
+        for numbers in labels.values()
+        if len(numbers) > 1
+    ]
+    problems = [
+        f"{len(items)} {what}: {describe_rows(items)}"
+        for what, items in (
+            ("row(s) with ids not in the pool", unknown_ids),
+            (f"row(s) with ids not in round {round_number}'s batch", outside_batch),
+            (f"row(s) with unknown classes (known: {', '.join(sorted(known_classes)) or 'none'})", unknown_classes),
+            ("id(s) given different labels within the file", conflicts),
+            ("id(s) listed more than once in the file", repeats),
+            ("row(s) relabel a stored id (a stored label is never changed)", relabels),
+        )
+        if items
+    ]
     if problems:
         raise InvalidInputError("; ".join(problems))
 
@@ -151,9 +171,14 @@ def import_labels(store_dir: Path, rows: Iterable[AnnotationRow], round_number: 
     labelled = {row.id for row in stored}
     if store_dir.is_dir():
         _write_merged(store_dir, stored)
-    return ImportReport(round_number=round_number, added=len(new_labels), already_known=already_known,
-                        labels_total=len(labelled), batch_unlabeled=len(batch - labelled),
-                        version=labels_version(store_dir))
+    return ImportReport(
+        round_number=round_number,
+        added=len(new_labels),
+        already_known=already_known,
+        labels_total=len(labelled),
+        batch_unlabeled=len(batch - labelled),
+        version=labels_version(store_dir),
+    )
 
 
 def _round_files(store_dir: Path) -> dict[int, Path]:
@@ -182,8 +207,9 @@ def _read_store(store_dir: Path) -> list[_StoredRow]:
             else:
                 stored.append(_StoredRow(path, reader.line_num, fields[0].strip(), fields[1].strip(), number))
         if malformed:
-            raise InvalidInputError(f"{path}: {len(malformed)} row(s) are not `id,label` with both set: "
-                             f"{describe_rows(malformed)}")
+            raise InvalidInputError(
+                f"{path}: {len(malformed)} row(s) are not `id,label` with both set: {describe_rows(malformed)}"
+            )
     return stored
 
 
@@ -192,23 +218,33 @@ def _duplicated_ids(stored: list[_StoredRow]) -> str:
     rows_by_id: dict[str, list[_StoredRow]] = {}
     for row in stored:
         rows_by_id.setdefault(row.id, []).append(row)
-    repeated = [" and ".join(f"{row.file.name} row {row.line}" for row in rows) + f" ({item_id})"
-                for item_id, rows in rows_by_id.items() if len(rows) > 1]
+    repeated = [
+        " and ".join(f"{row.file.name} row {row.line}" for row in rows) + f" ({item_id})"
+        for item_id, rows in rows_by_id.items()
+        if len(rows) > 1
+    ]
     return f"{len(repeated)} id(s) stored more than once: {describe_rows(repeated)}" if repeated else ""
 
 
-def _problems_in_store(stored: list[_StoredRow], pool: set[str], classes: set[str],
-                       batches: Mapping[int, Collection[str]]) -> list[str]:
+def _problems_in_store(
+    stored: list[_StoredRow], pool: set[str], classes: set[str], batches: Mapping[int, Collection[str]]
+) -> list[str]:
     """Every rule a round file can break, one message per rule, naming file and row."""
     batch_sets = {number: set(ids) for number, ids in batches.items()}
     checks = (
         ("row(s) with ids not in the pool", [row.where() for row in stored if row.id not in pool]),
-        ("row(s) with ids not in their round's batch",
-         [row.where() for row in stored if row.round in batch_sets and row.id not in batch_sets[row.round]]),
-        (f"row(s) with unknown classes (known: {', '.join(sorted(classes)) or 'none'})",
-         [f"{row.where()} {row.label!r}" for row in stored if row.label not in classes]),
-        ("round file(s) whose round has no batch",
-         sorted({row.file.name for row in stored if row.round not in batch_sets})),
+        (
+            "row(s) with ids not in their round's batch",
+            [row.where() for row in stored if row.round in batch_sets and row.id not in batch_sets[row.round]],
+        ),
+        (
+            f"row(s) with unknown classes (known: {', '.join(sorted(classes)) or 'none'})",
+            [f"{row.where()} {row.label!r}" for row in stored if row.label not in classes],
+        ),
+        (
+            "round file(s) whose round has no batch",
+            sorted({row.file.name for row in stored if row.round not in batch_sets}),
+        ),
     )
     problems = [f"{len(items)} {what}: {describe_rows(items)}" for what, items in checks if items]
     duplicated = _duplicated_ids(stored)

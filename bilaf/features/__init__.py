@@ -1,4 +1,5 @@
 """Data, backbones and embeddings: everything between raw images and a feature matrix."""
+
 from bilaf.features.backbones import (
     DEFAULT_BACKBONE,
     Backbone,

@@ -7,6 +7,7 @@ batch faulted in every page anew: on 2 cores the bare forward pass of tf_efficie
 thresholds below the same memory is reused: 3.7k faults per batch and about 2x the images per
 second (``benchmarks/embedding_throughput.py``). Results are unchanged: only where memory comes from.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,5 @@
 """A fast "is the internet reachable?" probe, so offline runs fail in seconds instead of hanging."""
+
 from __future__ import annotations
 
 import socket

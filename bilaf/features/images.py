@@ -4,6 +4,7 @@ Normalising first (8-bit ``L`` or ``RGB``, orientation applied, no metadata) mak
 of what the picture looks like, not of how it was stored: the same pixels saved as PNG or under
 another name get the same id.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,10 +28,23 @@ __all__ = [
 ]
 
 # Files with any other extension (README.md, labels.csv, .DS_Store...) are ignored, not unreadable.
-IMAGE_EXTENSIONS = frozenset({
-    ".bmp", ".gif", ".jpe", ".jpeg", ".jpg", ".pbm", ".pgm", ".png", ".pnm", ".ppm", ".tif", ".tiff",
-    ".webp",
-})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".bmp",
+        ".gif",
+        ".jpe",
+        ".jpeg",
+        ".jpg",
+        ".pbm",
+        ".pgm",
+        ".png",
+        ".pnm",
+        ".ppm",
+        ".tif",
+        ".tiff",
+        ".webp",
+    }
+)
 # PNG settings are part of the data format: changing them changes every copied file in data/.
 _PNG_SETTINGS = {"format": "PNG", "optimize": False, "compress_level": 6}
 _ID_LENGTH = 16

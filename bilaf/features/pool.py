@@ -18,6 +18,7 @@ Sizes from a source are drawn in a *nested stratified order* (:func:`nested_stra
 every prefix of the order is stratified, and the pool of size n is the first n items of it, so
 growing a pool keeps every earlier item and the class shares stay within one of proportional.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf import choices, defaults
+from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features.images import UnreadableImageError, png_bytes
 from bilaf.features.sources import SPLITS, ImageFolderSource, ImageSource, open_source
 
@@ -105,8 +106,13 @@ class PoolReport:
         return sum(self.added.values())
 
     def to_json(self) -> str:
-        counts = {"scanned": self.scanned, "duplicates": len(self.duplicates), "unreadable": len(self.unreadable),
-                  "ignored": len(self.ignored), "items": self.items}
+        counts = {
+            "scanned": self.scanned,
+            "duplicates": len(self.duplicates),
+            "unreadable": len(self.unreadable),
+            "ignored": len(self.ignored),
+            "items": self.items,
+        }
         if self.action == "sync":
             counts["selected"] = self.selected
         else:
@@ -127,6 +133,7 @@ class PoolReport:
 # --------------------------------------------------------------------------------------------
 # The nested stratified order
 # --------------------------------------------------------------------------------------------
+
 
 def nested_stratified_order(labels: Sequence[int | None], seed: int, split_index: int) -> list[int]:
     """A seeded order of ``range(len(labels))`` in which every prefix is stratified by label.
@@ -149,6 +156,7 @@ def nested_stratified_order(labels: Sequence[int | None], seed: int, split_index
 # --------------------------------------------------------------------------------------------
 # Scanning a source
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Scan:
@@ -192,8 +200,7 @@ def _scan(source: ImageSource, data_dir: Path, on_unreadable: str) -> _Scan:
         if item_id is None:
             continue
         if item_id in first_by_id:
-            duplicates.append({"origin": origins[index], "id": item_id,
-                               "duplicate_of": origins[first_by_id[item_id]]})
+            duplicates.append({"origin": origins[index], "id": item_id, "duplicate_of": origins[first_by_id[item_id]]})
             continue
         first_by_id[item_id] = index
         usable.append(index)
@@ -206,6 +213,7 @@ def _scan(source: ImageSource, data_dir: Path, on_unreadable: str) -> _Scan:
 # --------------------------------------------------------------------------------------------
 # Growing the pool
 # --------------------------------------------------------------------------------------------
+
 
 def _check_on_unreadable(on_unreadable: str) -> None:
     if on_unreadable not in ON_UNREADABLE:
@@ -241,11 +249,15 @@ class _Draw:
         available = [index for index in members if index not in taken]
         target = held + len(available) if target is None else target
         if target < held:
-            raise InvalidInputError(f"pools only grow: {size_key} {target:,} is below the {held:,} {split} items "
-                             f"from {self.source_name} already in {self.data_dir}/")
+            raise InvalidInputError(
+                f"pools only grow: {size_key} {target:,} is below the {held:,} {split} items "
+                f"from {self.source_name} already in {self.data_dir}/"
+            )
         if target > held + len(available):
-            raise InvalidInputError(f"{size_key} {target:,} exceeds the {held + len(available):,} usable {split} "
-                             f"items of {self.source_name}")
+            raise InvalidInputError(
+                f"{size_key} {target:,} exceeds the {held + len(available):,} usable {split} "
+                f"items of {self.source_name}"
+            )
         wanted = target - held
         order = nested_stratified_order([self.labels[i] for i in members], self.seed, SPLITS.index(split))
         for position in order:
@@ -255,9 +267,16 @@ class _Draw:
                 self.added[split].append(members[position])
 
 
-def sync_pool(data_dir: Path, source: str, *, root: Path | None = None,
-              train_size: int | None = DEFAULT_TRAIN_SIZE, test_size: int | None = DEFAULT_TEST_SIZE,
-              seed: int = 0, on_unreadable: str = "skip") -> PoolReport:
+def sync_pool(
+    data_dir: Path,
+    source: str,
+    *,
+    root: Path | None = None,
+    train_size: int | None = DEFAULT_TRAIN_SIZE,
+    test_size: int | None = DEFAULT_TEST_SIZE,
+    seed: int = 0,
+    on_unreadable: str = "skip",
+) -> PoolReport:
     """Bring ``data_dir`` up to ``train_size`` + ``test_size`` items of ``source``, incrementally.
 
     Items already in the pool stay (id, split, path); missing ones are added in the nested
@@ -282,8 +301,9 @@ def sync_pool(data_dir: Path, source: str, *, root: Path | None = None,
     present = {i for i in scan.usable if scan.ids[i] in rows}
     # A manifest from before origins existed was built from the configured source alone.
     own = {i for i in present if rows[scan.ids[i]].origin in ("", f"{name}:{records[i].name}")}
-    draw = _Draw([record.label for record in records], {i: rows[scan.ids[i]].split for i in own}, present,
-                 data_dir, name, seed)
+    draw = _Draw(
+        [record.label for record in records], {i: rows[scan.ids[i]].split for i in own}, present, data_dir, name, seed
+    )
     given = {record.split for record in records}
     if None in given and len(given) > 1:
         raise InvalidInputError(f"source {draw.source_name} gives a split to some items but not to others")
@@ -296,10 +316,13 @@ def sync_pool(data_dir: Path, source: str, *, root: Path | None = None,
             draw.grow("test", scan.usable, test_size, "data.test_size")
         elif train_size is not None:
             if train_size > len(scan.usable):
-                raise InvalidInputError(f"data.train_size {train_size:,} exceeds the {len(scan.usable):,} usable "
-                                 f"items of {draw.source_name}")
-            draw.grow("test", scan.usable, len(scan.usable) - train_size,
-                      "data.test_size (null: what data.train_size leaves)")
+                raise InvalidInputError(
+                    f"data.train_size {train_size:,} exceeds the {len(scan.usable):,} usable "
+                    f"items of {draw.source_name}"
+                )
+            draw.grow(
+                "test", scan.usable, len(scan.usable) - train_size, "data.test_size (null: what data.train_size leaves)"
+            )
         draw.grow("train", scan.usable, train_size, "data.train_size")
 
     class_labels = _class_labels(rows.values(), image_source, [i for chosen in draw.added.values() for i in chosen])
@@ -312,19 +335,36 @@ def sync_pool(data_dir: Path, source: str, *, root: Path | None = None,
     to_write: list[tuple[int, Path]] = []
     for index in scan.usable:
         row = rows.get(scan.ids[index])
-        if records[index].file is None and row is not None and _is_copy(row) and (
-                row.id in added_ids or not (data_dir / row.path).is_file()):
+        if (
+            records[index].file is None
+            and row is not None
+            and _is_copy(row)
+            and (row.id in added_ids or not (data_dir / row.path).is_file())
+        ):
             to_write.append((index, data_dir / row.path))
     files_written = 0
     for index, target in tqdm(to_write, desc="write images", unit="img", disable=not to_write):
         files_written += _write_if_changed(target, png_bytes(image_source.load(index)))
     report = PoolReport(
-        action="sync", source=draw.source_name,
-        parameters={"source": source, "root": None if root is None else str(root), "train_size": train_size,
-                    "test_size": test_size, "seed": seed, "on_unreadable": on_unreadable},
-        scanned=len(records), added={split: len(indices) for split, indices in draw.added.items()},
-        selected=_selected(scan, rows), items=_split_counts(rows.values()), version=_version(rows.values()),
-        duplicates=scan.duplicates, unreadable=scan.unreadable, ignored=scan.ignored)
+        action="sync",
+        source=draw.source_name,
+        parameters={
+            "source": source,
+            "root": None if root is None else str(root),
+            "train_size": train_size,
+            "test_size": test_size,
+            "seed": seed,
+            "on_unreadable": on_unreadable,
+        },
+        scanned=len(records),
+        added={split: len(indices) for split, indices in draw.added.items()},
+        selected=_selected(scan, rows),
+        items=_split_counts(rows.values()),
+        version=_version(rows.values()),
+        duplicates=scan.duplicates,
+        unreadable=scan.unreadable,
+        ignored=scan.ignored,
+    )
     report.files_written = files_written + _write_pool_files(data_dir, rows.values(), report)
     return report
 
@@ -356,13 +396,18 @@ def ingest_folder(data_dir: Path, folder: Path, *, split: str = "train", on_unre
         row = _new_row(image_source, index, scan.ids[index], split, scan.origins[index], class_labels, data_dir)
         rows[row.id] = row
     report = PoolReport(
-        action="ingest", source=_source_name(image_source, data_dir),
-        parameters={"folder": _manifest_path(Path(folder), data_dir), "split": split,
-                    "on_unreadable": on_unreadable},
-        scanned=len(image_source.records), added={name: len(new) if name == split else 0 for name in SPLITS},
-        selected=_selected(scan, rows), items=_split_counts(rows.values()), version=_version(rows.values()),
-        duplicates=sorted(duplicates, key=lambda entry: entry["origin"]), unreadable=scan.unreadable,
-        ignored=scan.ignored)
+        action="ingest",
+        source=_source_name(image_source, data_dir),
+        parameters={"folder": _manifest_path(Path(folder), data_dir), "split": split, "on_unreadable": on_unreadable},
+        scanned=len(image_source.records),
+        added={name: len(new) if name == split else 0 for name in SPLITS},
+        selected=_selected(scan, rows),
+        items=_split_counts(rows.values()),
+        version=_version(rows.values()),
+        duplicates=sorted(duplicates, key=lambda entry: entry["origin"]),
+        unreadable=scan.unreadable,
+        ignored=scan.ignored,
+    )
     report.files_written = _write_pool_files(data_dir, rows.values(), report)
     return report
 
@@ -379,8 +424,9 @@ def _class_labels(rows: Iterable[ManifestRow], source: ImageSource, indices: Seq
     return labels
 
 
-def _new_row(source: ImageSource, index: int, item_id: str, split: str, origin: str,
-             class_labels: dict[str, int], data_dir: Path) -> ManifestRow:
+def _new_row(
+    source: ImageSource, index: int, item_id: str, split: str, origin: str, class_labels: dict[str, int], data_dir: Path
+) -> ManifestRow:
     record = source.records[index]
     class_name = "" if record.label is None else source.classes[record.label]
     path = _manifest_path(record.file, data_dir) if record.file is not None else _copy_path(split, item_id)
@@ -420,6 +466,7 @@ def _split_counts(rows: Iterable[ManifestRow]) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # Writing and reading the manifest
 # --------------------------------------------------------------------------------------------
+
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
     """Write ``data`` atomically unless ``path`` already holds exactly these bytes."""
@@ -464,8 +511,12 @@ def pool_version(data_dir: Path) -> str:
 
 
 def _rows_of(frame: pd.DataFrame) -> list[ManifestRow]:
-    return [ManifestRow(row.id, row.path, None if pd.isna(row.label) else int(row.label), row.class_name,
-                        row.split, row.origin) for row in frame.itertuples(index=False)]
+    return [
+        ManifestRow(
+            row.id, row.path, None if pd.isna(row.label) else int(row.label), row.class_name, row.split, row.origin
+        )
+        for row in frame.itertuples(index=False)
+    ]
 
 
 def _existing_rows(data_dir: Path) -> dict[str, ManifestRow]:
@@ -511,6 +562,8 @@ def read_manifest(data_dir: Path) -> pd.DataFrame:
     for column in ("label", "class_name"):
         clash = pairs[pairs[column].duplicated(keep=False)]
         if len(clash):
-            raise InvalidInputError(f"{manifest}: {column} {clash[column].iloc[0]!r} stands for several classes: "
-                             f"{sorted(map(str, clash.itertuples(index=False)))}")
+            raise InvalidInputError(
+                f"{manifest}: {column} {clash[column].iloc[0]!r} stands for several classes: "
+                f"{sorted(map(str, clash.itertuples(index=False)))}"
+            )
     return frame[list(MANIFEST_COLUMNS)]

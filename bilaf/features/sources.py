@@ -4,6 +4,7 @@ A source is a finite, ordered list of records (a name, an optional label, an opt
 for folder sources the file itself) plus a way to load each one as a normalised image. Sources
 only read; :mod:`bilaf.features.pool` decides what enters the pool.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf import choices
+from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features._network import host_reachable
 from bilaf.features.images import decode_image_file, image_id, is_image_name, normalize_image, pixels_id
 
@@ -39,8 +40,16 @@ SPLITS = choices.SPLITS
 SOURCES = choices.SOURCES
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_MNIST_FILES = {
@@ -87,14 +96,15 @@ class ArraySource(ImageSource):
         records: list[SourceRecord] = []
         for split, (images, labels) in parts.items():
             if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)):
-                raise InvalidInputError(f"{name} {split}: expected uint8 images (N, H, W) or (N, H, W, 3), got "
-                                 f"{images.dtype} {images.shape}")
+                raise InvalidInputError(
+                    f"{name} {split}: expected uint8 images (N, H, W) or (N, H, W, 3), got "
+                    f"{images.dtype} {images.shape}"
+                )
             if len(images) != len(labels):
                 raise InvalidInputError(f"{name} {split}: {len(images)} images but {len(labels)} labels")
             width = len(str(len(images) - 1))
             records.extend(
-                SourceRecord(f"{split}/{index:0{width}d}", int(label), split)
-                for index, label in enumerate(labels)
+                SourceRecord(f"{split}/{index:0{width}d}", int(label), split) for index, label in enumerate(labels)
             )
             self._images.extend(images)
         self.records = records
@@ -134,14 +144,23 @@ class ImageFolderSource(ImageSource):
         top_dirs = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
         split_layout = "train" in top_dirs and set(top_dirs) <= set(SPLITS)
         if split_layout and split is not None:
-            raise InvalidInputError(f"image folder {root} holds train/ and test/ folders: add each one on its own "
-                             f"with its split (e.g. {root / 'train'} as train)")
+            raise InvalidInputError(
+                f"image folder {root} holds train/ and test/ folders: add each one on its own "
+                f"with its split (e.g. {root / 'train'} as train)"
+            )
         parts = [root / name for name in top_dirs] if split_layout else [root]
         self.name = "image-folder"
         self.root = root
-        self.classes = tuple(sorted({
-            entry.name for part in parts for entry in part.iterdir()
-            if entry.is_dir() and not entry.name.startswith(".")}))
+        self.classes = tuple(
+            sorted(
+                {
+                    entry.name
+                    for part in parts
+                    for entry in part.iterdir()
+                    if entry.is_dir() and not entry.name.startswith(".")
+                }
+            )
+        )
         class_index = {name: index for index, name in enumerate(self.classes)}
         files, self.ignored = _walk_folder(root)
         records = []
@@ -181,8 +200,11 @@ def _walk_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             if is_image_name(name):
                 found.append(here / name)
             else:
-                reason = "hidden file" if name.startswith(".") else \
-                    f"not an image file extension ({Path(name).suffix.lower() or 'none'})"
+                reason = (
+                    "hidden file"
+                    if name.startswith(".")
+                    else f"not an image file extension ({Path(name).suffix.lower() or 'none'})"
+                )
                 ignored.append(((here / name).relative_to(root).as_posix(), reason))
     return sorted(found, key=lambda path: path.relative_to(root).as_posix()), ignored
 
@@ -196,7 +218,7 @@ def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
         raise InvalidInputError(f"cannot read IDX file {path}: {error}") from error
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08 or data[3] != expected_dims:
         raise InvalidInputError(f"{path} is not a uint8 IDX file with {expected_dims} dimension(s)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_dims))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(expected_dims))
     offset = 4 + 4 * expected_dims
     if len(data) - offset != int(np.prod(shape)):
         raise InvalidInputError(f"{path}: header says shape {shape} but holds {len(data) - offset} bytes")
@@ -206,8 +228,11 @@ def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
 def _fashion_mnist_dir(root: Path | None) -> Path:
     """Directory holding the four Fashion-MNIST .gz files; downloads them when needed and online."""
     names = [name for pair in _FASHION_MNIST_FILES.values() for name in pair]
-    candidates = [root, root / "FashionMNIST" / "raw"] if root is not None else [
-        FASHION_MNIST_DEBIAN_DIR, _DOWNLOAD_ROOT / "FashionMNIST" / "raw"]
+    candidates = (
+        [root, root / "FashionMNIST" / "raw"]
+        if root is not None
+        else [FASHION_MNIST_DEBIAN_DIR, _DOWNLOAD_ROOT / "FashionMNIST" / "raw"]
+    )
     for candidate in candidates:
         if all((candidate / name).is_file() for name in names):
             return candidate
@@ -217,7 +242,8 @@ def _fashion_mnist_dir(root: Path | None) -> Path:
         raise InvalidInputError(
             f"Fashion-MNIST files not found (looked in {searched}) and no network to download them: "
             "install the Debian package 'dataset-fashion-mnist' or pass root= a folder with "
-            f"{', '.join(names)}")
+            f"{', '.join(names)}"
+        )
     from torchvision.datasets import FashionMNIST
 
     for split in SPLITS:
@@ -251,7 +277,8 @@ def cifar_source(num_classes: int, root: Path | None = None) -> ArraySource:
             if not host_reachable("www.cs.toronto.edu"):
                 raise InvalidInputError(
                     f"{name} files not found or corrupted under {root} (expected {root}/"
-                    f"{dataset_class.base_folder}) and no network to download them") from None
+                    f"{dataset_class.base_folder}) and no network to download them"
+                ) from None
             dataset = dataset_class(root, train=split == "train", download=True)
         parts[split] = (np.asarray(dataset.data), np.asarray(dataset.targets))
     return ArraySource(name, dataset.classes, parts)

@@ -5,6 +5,7 @@ Stages (each usable on its own, e.g. as one Dagster asset each):
 (``list_methods()``). ALGORITHM.md specifies the algorithm; ``variants`` holds the paper-vs-code
 switches.
 """
+
 from .activeft import ActiveFTParams
 from .boundary import allocate_budget, apportion, select_boundary
 from .classes import LABEL_AWARE, class_regions, select_class_boundary
@@ -15,9 +16,30 @@ from .results import ClassRegions, ClassStats, ClusterStats, CoreSelection, Deno
 from .variants import VARIANTS, Stage2Settings
 
 __all__ = [
-    "ActiveFTParams", "CORE_METHODS", "ClassRegions", "ClassStats", "ClusterStats", "CoreSelection",
-    "DenoisedPool", "IdcParams", "KMeansParams", "LABEL_AWARE", "MARGIN", "Pick", "SelectionResult",
-    "Stage2Settings", "VARIANTS", "allocate_budget", "apportion", "class_regions", "default_n_cores",
-    "denoise", "list_methods", "register_method", "select", "select_boundary", "select_class_boundary",
+    "ActiveFTParams",
+    "CORE_METHODS",
+    "ClassRegions",
+    "ClassStats",
+    "ClusterStats",
+    "CoreSelection",
+    "DenoisedPool",
+    "IdcParams",
+    "KMeansParams",
+    "LABEL_AWARE",
+    "MARGIN",
+    "Pick",
+    "SelectionResult",
+    "Stage2Settings",
+    "VARIANTS",
+    "allocate_budget",
+    "apportion",
+    "class_regions",
+    "default_n_cores",
+    "denoise",
+    "list_methods",
+    "register_method",
+    "select",
+    "select_boundary",
+    "select_class_boundary",
     "select_cores",
 ]

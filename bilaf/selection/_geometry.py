@@ -5,6 +5,7 @@ Two precisions:
 * exact (repo variant): float64 matmuls only to shortlist candidates, then the very values SciPy's
   ``cdist`` gives (the official code's distance function), so orderings and ties match it.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,8 @@ def l2_normalize(matrix: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """Row-wise unit vectors, computed chunk by chunk into one new array."""
     out = np.empty(matrix.shape, dtype=dtype)
     for start in range(0, len(matrix), BLOCK_ELEMENTS // max(1, matrix.shape[1])):
-        block = matrix[start:start + BLOCK_ELEMENTS // max(1, matrix.shape[1])].astype(dtype)
-        out[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        block = matrix[start : start + BLOCK_ELEMENTS // max(1, matrix.shape[1])].astype(dtype)
+        out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -55,7 +56,7 @@ def exact_distances(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     step = -(-len(rows) // (4 * n_threads))
 
     def fill(start: int) -> None:
-        out[start:start + step] = cdist(rows[start:start + step], columns)
+        out[start : start + step] = cdist(rows[start : start + step], columns)
 
     with ThreadPoolExecutor(n_threads) as pool:
         list(pool.map(fill, range(0, len(rows), step)))
@@ -66,16 +67,20 @@ def rows_per_block(n_columns: int) -> int:
     return max(1, BLOCK_ELEMENTS // max(1, n_columns))
 
 
-def squared_distances(rows: torch.Tensor, row_norms: torch.Tensor, columns: torch.Tensor,
-                      column_norms: torch.Tensor) -> torch.Tensor:
+def squared_distances(
+    rows: torch.Tensor, row_norms: torch.Tensor, columns: torch.Tensor, column_norms: torch.Tensor
+) -> torch.Tensor:
     """``|a|^2 + |b|^2 - 2ab`` clamped at 0 (rounding can make it slightly negative)."""
-    return torch.addmm(row_norms[:, None] + column_norms[None, :], rows, columns.T,
-                       alpha=-2.0).clamp_(min=0.0)
+    return torch.addmm(row_norms[:, None] + column_norms[None, :], rows, columns.T, alpha=-2.0).clamp_(min=0.0)
 
 
-def nearest_centres(points: np.ndarray | torch.Tensor, centres: np.ndarray | torch.Tensor,
-                    n_nearest: int, exact: bool,
-                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_centres(
+    points: np.ndarray | torch.Tensor,
+    centres: np.ndarray | torch.Tensor,
+    n_nearest: int,
+    exact: bool,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """For every point (or ``points[rows]``), its ``n_nearest`` centres by (distance, centre id).
 
     Returns (centre ids int64, distances) of shape (len(rows), n_nearest). The exact path gives
@@ -91,17 +96,16 @@ def nearest_centres(points: np.ndarray | torch.Tensor, centres: np.ndarray | tor
     values = np.empty((n_rows, n_short), dtype=np.float64 if exact else np.float32)
     step = rows_per_block(len(centres))
     for start in range(0, n_rows, step):
-        chunk = slice(start, start + step) if rows is None else rows[start:start + step]
+        chunk = slice(start, start + step) if rows is None else rows[start : start + step]
         block = torch.as_tensor(points[chunk], dtype=dtype, device=dev)
         if exact:
-            d2 = squared_distances(block, (block * block).sum(1), centre_t,
-                                   (centre_t * centre_t).sum(1))
+            d2 = squared_distances(block, (block * block).sum(1), centre_t, (centre_t * centre_t).sum(1))
             best, best_ids = torch.topk(d2, n_short, dim=1, largest=False, sorted=True)
         else:
             best_ids, scores = top_matches(block, centre_t, n_short, "euclidean")
             best = ((block * block).sum(1)[:, None] - scores).clamp_(min=0.0)
-        ids[start:start + len(block)] = best_ids.cpu().numpy()
-        values[start:start + len(block)] = best.cpu().numpy()
+        ids[start : start + len(block)] = best_ids.cpu().numpy()
+        values[start : start + len(block)] = best.cpu().numpy()
     if not exact:
         return ids, np.sqrt(values)
     rows = np.arange(n_rows) if rows is None else rows
@@ -124,8 +128,9 @@ def _best_first(ids: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, 
     return ids.gather(1, order), scores.gather(1, order)
 
 
-def top_matches(queries: torch.Tensor, keys: torch.Tensor, n_best: int,
-                metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+def top_matches(
+    queries: torch.Tensor, keys: torch.Tensor, n_best: int, metric: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``n_best`` best keys of every query and their scores, best first (ties: lower id).
 
     ``metric`` "dot": largest ``q.k``; "euclidean": nearest, score ``2 q.k - |k|^2``.
@@ -136,19 +141,20 @@ def top_matches(queries: torch.Tensor, keys: torch.Tensor, n_best: int,
     scores_out = torch.empty((len(queries), n_best), dtype=queries.dtype, device=queries.device)
     step = rows_per_block(len(keys))
     for start in range(0, len(queries), step):
-        scores = _scores(queries[start:start + step], keys, key_sq)
+        scores = _scores(queries[start : start + step], keys, key_sq)
         if n_best == 1:
             best, ids = scores.max(dim=1, keepdim=True)  # first maximum: lower id
         else:
             values, ids = torch.topk(scores, min(len(keys), n_best + _SHORTLIST_MARGIN), dim=1)
             ids, best = (kept[:, :n_best] for kept in _best_first(ids, values))
-        ids_out[start:start + len(scores)] = ids
-        scores_out[start:start + len(scores)] = best
+        ids_out[start : start + len(scores)] = ids
+        scores_out[start : start + len(scores)] = best
     return ids_out, scores_out
 
 
-def _exact_shortlist(points: np.ndarray, rows: np.ndarray, centres: np.ndarray, ids: np.ndarray,
-                     approx_d2: np.ndarray, n_nearest: int) -> tuple[np.ndarray, np.ndarray]:
+def _exact_shortlist(
+    points: np.ndarray, rows: np.ndarray, centres: np.ndarray, ids: np.ndarray, approx_d2: np.ndarray, n_nearest: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Replace float64 matmul shortlists of ``points[rows]`` by ``cdist`` values, re-sorted by
     (distance, id). A row whose shortlist might miss a tie (its last candidate is within
     rounding slack of its n-th) is recomputed against every centre.
@@ -159,16 +165,14 @@ def _exact_shortlist(points: np.ndarray, rows: np.ndarray, centres: np.ndarray, 
     bounds = np.flatnonzero(np.diff(ids.ravel()[order])) + 1
     for group in np.split(order, bounds):
         centre = ids.ravel()[group[0]]
-        distances.ravel()[group] = cdist(points[rows[group // n_short]],
-                                         centres[centre:centre + 1])[:, 0]
+        distances.ravel()[group] = cdist(points[rows[group // n_short]], centres[centre : centre + 1])[:, 0]
     if n_short < len(centres):
         max_centre_sq = np.einsum("ij,ij->i", centres, centres).max()
         slack = np.empty(len(rows))
         step = rows_per_block(points.shape[1])
         for start in range(0, len(rows), step):
-            block = points[rows[start:start + step]]
-            slack[start:start + step] = _SHORTLIST_TOLERANCE * (
-                np.einsum("ij,ij->i", block, block) + max_centre_sq)
+            block = points[rows[start : start + step]]
+            slack[start : start + step] = _SHORTLIST_TOLERANCE * (np.einsum("ij,ij->i", block, block) + max_centre_sq)
         unsure = np.flatnonzero(approx_d2[:, -1] - approx_d2[:, n_nearest - 1] <= slack)
         if unsure.size:
             full = exact_distances(points[rows[unsure]], centres)
@@ -209,17 +213,13 @@ class ClusterDistances:
             return exact_distances(self.points[rows], self.points[cols])
         rows_t = torch.as_tensor(rows, device=self._tensor.device)
         cols_t = torch.as_tensor(cols, device=self._tensor.device)
-        d2 = squared_distances(self._tensor[rows_t], self._norms[rows_t], self._tensor[cols_t],
-                               self._norms[cols_t])
-        _, same_row, same_col = np.intersect1d(rows, cols, assume_unique=True,
-                                               return_indices=True)
-        d2[torch.as_tensor(same_row, device=d2.device),
-           torch.as_tensor(same_col, device=d2.device)] = 0.0
+        d2 = squared_distances(self._tensor[rows_t], self._norms[rows_t], self._tensor[cols_t], self._norms[cols_t])
+        _, same_row, same_col = np.intersect1d(rows, cols, assume_unique=True, return_indices=True)
+        d2[torch.as_tensor(same_row, device=d2.device), torch.as_tensor(same_col, device=d2.device)] = 0.0
         return d2.sqrt_().cpu().numpy()
 
 
-def scatter_rows(owner: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor,
-                 n_groups: int) -> torch.Tensor:
+def scatter_rows(owner: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, n_groups: int) -> torch.Tensor:
     """``out[g] = sum of weights[i] * rows[i] over i with owner[i] == g``, run-to-run identical.
 
     CPU: one sparse (groups x items) matmul, no items x d temporary. CUDA sparse kernels and
@@ -227,21 +227,23 @@ def scatter_rows(owner: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor,
     """
     if not rows.is_cuda:
         positions = torch.arange(len(rows), device=rows.device)
-        selector = torch.sparse_coo_tensor(torch.stack([owner, positions]), weights,
-                                           (n_groups, len(rows)), check_invariants=False)
+        selector = torch.sparse_coo_tensor(
+            torch.stack([owner, positions]), weights, (n_groups, len(rows)), check_invariants=False
+        )
         return torch.sparse.mm(selector, rows)
     out = torch.zeros((n_groups, rows.shape[1]), dtype=rows.dtype, device=rows.device)
     step = rows_per_block(n_groups)
     for start in range(0, len(rows), step):
-        groups = owner[start:start + step]
+        groups = owner[start : start + step]
         one_hot = torch.zeros((n_groups, len(groups)), dtype=rows.dtype, device=rows.device)
-        one_hot[groups, torch.arange(len(groups), device=rows.device)] = weights[start:start + step]
-        out += one_hot @ rows[start:start + step]
+        one_hot[groups, torch.arange(len(groups), device=rows.device)] = weights[start : start + step]
+        out += one_hot @ rows[start : start + step]
     return out
 
 
-def best_items(queries: torch.Tensor, items: torch.Tensor, n_best: int,
-               metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def best_items(
+    queries: torch.Tensor, items: torch.Tensor, n_best: int, metric: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each query, its ``n_best`` best items (best first), streaming over item chunks.
 
     Returns (ids, scores, bound): every item not listed scores at most ``bound``.
@@ -251,12 +253,12 @@ def best_items(queries: torch.Tensor, items: torch.Tensor, n_best: int,
     best_ids = torch.empty((len(queries), 0), dtype=torch.long, device=queries.device)
     step = rows_per_block(len(queries))
     for start in range(0, len(items), step):
-        chunk = items[start:start + step]
+        chunk = items[start : start + step]
         key_sq = (chunk * chunk).sum(1) if metric == "euclidean" else None
         scores = torch.cat([best_scores, _scores(queries, chunk, key_sq)], dim=1)
-        ids = torch.cat([best_ids, torch.arange(start, start + len(chunk),
-                                                device=queries.device).expand(len(queries), -1)],
-                        dim=1)
+        ids = torch.cat(
+            [best_ids, torch.arange(start, start + len(chunk), device=queries.device).expand(len(queries), -1)], dim=1
+        )
         best_scores, position = torch.topk(scores, n_best, dim=1)
         best_ids = ids.gather(1, position)
     bound = best_scores[:, -1].clone()
@@ -266,8 +268,9 @@ def best_items(queries: torch.Tensor, items: torch.Tensor, n_best: int,
     return best_ids.cpu().numpy(), best_scores.cpu().numpy(), bound.cpu().numpy()
 
 
-def claim_items(queries: torch.Tensor, items: torch.Tensor, metric: str,
-                shortlist: int = 64, exclude: np.ndarray | None = None) -> np.ndarray:
+def claim_items(
+    queries: torch.Tensor, items: torch.Tensor, metric: str, shortlist: int = 64, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Map each query, in query order, to its best item not claimed by an earlier query (§3.4).
 
     Uses a top-``shortlist`` per query; a query whose shortlist holds no free item that beats
@@ -277,8 +280,9 @@ def claim_items(queries: torch.Tensor, items: torch.Tensor, metric: str,
     """
     taken = np.zeros(len(items), dtype=bool) if exclude is None else np.array(exclude, dtype=bool)
     if len(queries) > len(items) - np.count_nonzero(taken):
-        raise InvalidInputError(f"cannot map {len(queries)} queries to distinct items of a pool of "
-                         f"{len(items) - np.count_nonzero(taken)}")
+        raise InvalidInputError(
+            f"cannot map {len(queries)} queries to distinct items of a pool of {len(items) - np.count_nonzero(taken)}"
+        )
     if exclude is not None:  # excluded items may crowd a shortlist: a few more spare full rankings
         shortlist += min(int(np.count_nonzero(taken)), 3 * shortlist)
     shortlists, scores, bounds = best_items(queries, items, shortlist, metric)
@@ -289,8 +293,11 @@ def claim_items(queries: torch.Tensor, items: torch.Tensor, metric: str,
         if free.size and scores[query, free[0]] > bounds[query]:
             choice = candidates[free[0]]
         else:
-            ranking = torch.argsort(_scores(queries[query:query + 1], items, key_sq)[0],
-                                    descending=True, stable=True).cpu().numpy()
+            ranking = (
+                torch.argsort(_scores(queries[query : query + 1], items, key_sq)[0], descending=True, stable=True)
+                .cpu()
+                .numpy()
+            )
             choice = ranking[~taken[ranking]][0]
         claimed[query] = choice
         taken[choice] = True

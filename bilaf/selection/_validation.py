@@ -1,4 +1,5 @@
 """The one input check shared by every public entry point: clear ValueErrors before any work."""
+
 from __future__ import annotations
 
 import numbers
@@ -14,8 +15,9 @@ _CHECK_ROWS = 1 << 14  # rows per chunk, so checks never copy the whole pool at 
 _HASH_SEED = 20240315
 
 
-def validate_inputs(features: Any, *, budget: Any = None, n_cores: Any = None, cores: Any = None,
-                    normalize: bool = False) -> np.ndarray:
+def validate_inputs(
+    features: Any, *, budget: Any = None, n_cores: Any = None, cores: Any = None, normalize: bool = False
+) -> np.ndarray:
     """Check features and counts; return the features as a C-contiguous float32/float64 matrix.
 
     Raises ValueError naming the problem for: non-2-D or empty features, non-real dtypes, NaN or
@@ -36,8 +38,9 @@ def validate_inputs(features: Any, *, budget: Any = None, n_cores: Any = None, c
     if cores is not None:
         n_cores = len(validate_core_indices(cores, n_items))
     if budget is not None and n_cores is not None and budget < n_cores:
-        raise InvalidInputError(f"budget {budget} is smaller than the number of cores ({n_cores}): "
-                         "every core is part of the selection")
+        raise InvalidInputError(
+            f"budget {budget} is smaller than the number of cores ({n_cores}): every core is part of the selection"
+        )
     _check_finite(matrix)
     if normalize:
         _check_nonzero_rows(matrix)
@@ -51,8 +54,7 @@ def validate_core_indices(cores: Any, n_items: int) -> np.ndarray:
         cores = cores.detach().cpu().numpy()
     array = np.asarray(getattr(cores, "indices", cores))
     if array.ndim != 1 or array.size == 0:
-        raise InvalidInputError("cores must be a non-empty 1-D list of item indices; "
-                         f"got shape {array.shape}")
+        raise InvalidInputError(f"cores must be a non-empty 1-D list of item indices; got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise InvalidInputError(f"cores must be integer item indices; got dtype {array.dtype}")
     array = np.sort(array.astype(np.int64))
@@ -72,12 +74,12 @@ def _as_matrix(features: Any) -> np.ndarray:
         raise InvalidInputError("features is empty: got None")
     array = np.asarray(features)
     if array.ndim != 2:
-        raise InvalidInputError("features must be a 2-D array (items x dimensions); "
-                         f"got shape {array.shape}")
+        raise InvalidInputError(f"features must be a 2-D array (items x dimensions); got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInputError(f"features is empty: got shape {array.shape}")
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.floating)
-                                       or np.issubdtype(array.dtype, np.integer)):
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
         raise InvalidInputError(f"features must hold real numbers; got dtype {array.dtype}")
     dtype = np.float64 if array.dtype == np.float64 else np.float32
     return np.ascontiguousarray(array, dtype=dtype)
@@ -94,32 +96,34 @@ def _positive_int(name: str, value: Any) -> int:
 def _check_finite(matrix: np.ndarray) -> None:
     bad_rows: list[np.ndarray] = []
     for start in range(0, len(matrix), _CHECK_ROWS):
-        finite = np.isfinite(matrix[start:start + _CHECK_ROWS]).all(axis=1)
+        finite = np.isfinite(matrix[start : start + _CHECK_ROWS]).all(axis=1)
         bad_rows.append(start + np.flatnonzero(~finite))
     bad = np.concatenate(bad_rows)
     if bad.size:
-        raise InvalidInputError(f"features row {bad[0]} contains NaN or infinite values "
-                         f"({bad.size} such rows in total)")
+        raise InvalidInputError(
+            f"features row {bad[0]} contains NaN or infinite values ({bad.size} such rows in total)"
+        )
 
 
 def _check_nonzero_rows(matrix: np.ndarray) -> None:
     for start in range(0, len(matrix), _CHECK_ROWS):
-        zero = np.flatnonzero(~matrix[start:start + _CHECK_ROWS].any(axis=1))
+        zero = np.flatnonzero(~matrix[start : start + _CHECK_ROWS].any(axis=1))
         if zero.size:
-            raise InvalidInputError(f"features row {start + zero[0]} is all zeros and cannot be "
-                             "L2-normalised")
+            raise InvalidInputError(f"features row {start + zero[0]} is all zeros and cannot be L2-normalised")
 
 
 def _check_distinct_rows(matrix: np.ndarray) -> None:
     """Hash rows exactly (integer arithmetic on their bits), then confirm hash collisions."""
     words = np.uint64 if matrix.dtype == np.float64 else np.uint32
     weights = np.random.default_rng(_HASH_SEED).integers(
-        1, np.iinfo(np.int64).max, size=matrix.shape[1], dtype=np.uint64) | np.uint64(1)
+        1, np.iinfo(np.int64).max, size=matrix.shape[1], dtype=np.uint64
+    ) | np.uint64(1)
     hashes = np.empty(len(matrix), dtype=np.uint64)
     for start in range(0, len(matrix), _CHECK_ROWS):
-        block = matrix[start:start + _CHECK_ROWS] + 0.0  # -0.0 and 0.0 are the same value
-        hashes[start:start + len(block)] = (block.view(words).astype(np.uint64) * weights).sum(
-            axis=1, dtype=np.uint64)
+        block = matrix[start : start + _CHECK_ROWS] + 0.0  # -0.0 and 0.0 are the same value
+        hashes[start : start + len(block)] = (block.view(words).astype(np.uint64) * weights).sum(
+            axis=1, dtype=np.uint64
+        )
     order = np.argsort(hashes, kind="stable")
     sorted_hashes = hashes[order]
     same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
@@ -130,9 +134,11 @@ def _check_distinct_rows(matrix: np.ndarray) -> None:
             duplicates.append((int(min(first, second)), int(max(first, second))))
     if duplicates:
         first, second = min(duplicates)
-        raise InvalidInputError(f"features rows {first} and {second} are identical "
-                         f"({len(duplicates)} duplicate rows in total); remove duplicate items "
-                         "before selection")
+        raise InvalidInputError(
+            f"features rows {first} and {second} are identical "
+            f"({len(duplicates)} duplicate rows in total); remove duplicate items "
+            "before selection"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,7 +187,9 @@ def validate_known(labels: Any, pending: Any, n_items: int, budget: Any = None) 
         if label_array.shape != (n_items,):
             raise InvalidInputError(f"labels must hold one entry per item ({n_items}); got shape {label_array.shape}")
         if label_array.dtype == np.bool_ or not np.issubdtype(label_array.dtype, np.integer):
-            raise InvalidInputError(f"labels must be integer class indices (-1 = unlabeled); got dtype {label_array.dtype}")
+            raise InvalidInputError(
+                f"labels must be integer class indices (-1 = unlabeled); got dtype {label_array.dtype}"
+            )
         if label_array.size and label_array.min() < -1:
             raise InvalidInputError(f"labels must be class indices >= 0 or -1 (unlabeled); got {label_array.min()}")
         label_array = label_array.astype(np.int64)
@@ -190,12 +198,16 @@ def validate_known(labels: Any, pending: Any, n_items: int, budget: Any = None) 
         array = np.asarray(pending.detach().cpu().numpy() if isinstance(pending, torch.Tensor) else pending)
         if array.dtype == np.bool_:
             if array.shape != (n_items,):
-                raise InvalidInputError(f"a pending mask must hold one entry per item ({n_items}); got shape {array.shape}")
+                raise InvalidInputError(
+                    f"a pending mask must hold one entry per item ({n_items}); got shape {array.shape}"
+                )
             pending_mask = array.copy()
         elif array.size:
             if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-                raise InvalidInputError("pending must be a 1-D list of item indices or a boolean mask; "
-                                 f"got shape {array.shape}, dtype {array.dtype}")
+                raise InvalidInputError(
+                    "pending must be a 1-D list of item indices or a boolean mask; "
+                    f"got shape {array.shape}, dtype {array.dtype}"
+                )
             if array.min() < 0 or array.max() >= n_items:
                 bad = array.min() if array.min() < 0 else array.max()
                 raise InvalidInputError(f"pending contains index {bad} outside the pool [0, {n_items})")
@@ -204,11 +216,15 @@ def validate_known(labels: Any, pending: Any, n_items: int, budget: Any = None) 
             pending_mask[array] = True
     both = np.flatnonzero(pending_mask & (label_array >= 0))
     if both.size:
-        raise InvalidInputError(f"item {both[0]} is both labeled and pending ({both.size} such items): "
-                         "a labeled item is no longer pending")
-    known = KnownItems(labels=label_array, pending=np.flatnonzero(pending_mask),
-                       taken=pending_mask | (label_array >= 0))
+        raise InvalidInputError(
+            f"item {both[0]} is both labeled and pending ({both.size} such items): a labeled item is no longer pending"
+        )
+    known = KnownItems(
+        labels=label_array, pending=np.flatnonzero(pending_mask), taken=pending_mask | (label_array >= 0)
+    )
     if budget is not None and _positive_int("budget", budget) > known.n_free:
-        raise InvalidInputError(f"budget {budget} is larger than the {known.n_free} items neither labeled nor "
-                         f"pending ({len(known.labeled)} labeled, {len(known.pending)} pending)")
+        raise InvalidInputError(
+            f"budget {budget} is larger than the {known.n_free} items neither labeled nor "
+            f"pending ({len(known.labeled)} labeled, {len(known.pending)} pending)"
+        )
     return known

@@ -6,6 +6,7 @@ gradient of the official code's ``max`` over the similarity matrix. Owners are t
 iterations with similarity bounds (``OwnerTracker``), so a step costs a few passes over the pool
 instead of the full items x anchors product.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bilaf.errors import InvalidInputError
 from bilaf import choices
+from bilaf.errors import InvalidInputError
+
 from ._geometry import claim_items, device, rows_per_block, scatter_rows, top_matches
 from .progress import Progress
 
@@ -51,8 +53,7 @@ class ActiveFTParams:
             _check_int("batch_size", self.batch_size, minimum=1)
         for name in ("learning_rate", "temperature", "balance"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or not 0.0 < value < math.inf:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < math.inf:
                 raise InvalidInputError(f"{name} must be a positive number; got {value!r}")
         if self.loss not in LOSS_FORMS:
             raise InvalidInputError(f"loss must be one of {LOSS_FORMS}; got {self.loss!r}")
@@ -63,8 +64,9 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
-def activeft(unit_features: np.ndarray, n_anchors: int, seed: int, params: ActiveFTParams,
-             taken: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def activeft(
+    unit_features: np.ndarray, n_anchors: int, seed: int, params: ActiveFTParams, taken: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Optimise ``n_anchors`` anchors on unit-norm features; return items in anchor order + info.
 
     Anchors start at distinct random items (seeded), Adam with constant learning rate. Items
@@ -105,15 +107,19 @@ def activeft(unit_features: np.ndarray, n_anchors: int, seed: int, params: Activ
         steps.note(loss=losses[-1])
     unit_anchors = F.normalize(anchors.detach(), dim=1)
     picks = claim_items(unit_anchors, items, metric="dot", exclude=taken)
-    info = {"batch_size": batch_size, "initial_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None}
+    info = {
+        "batch_size": batch_size,
+        "initial_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+    }
     if taken is not None:
         info["fixed_anchors"] = len(fixed)
     return picks, info
 
 
-def _seed_away_from(items: torch.Tensor, fixed: torch.Tensor, taken: np.ndarray, n_anchors: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def _seed_away_from(
+    items: torch.Tensor, fixed: torch.Tensor, taken: np.ndarray, n_anchors: int, rng: np.random.Generator
+) -> np.ndarray:
     """``n_anchors`` distinct free items, each drawn by D^2 sampling against the fixed anchors and
     the items drawn before it (unit vectors: squared distance = 2 - 2 cos)."""
     _, best = top_matches(items, fixed, 1, "dot")
@@ -126,17 +132,23 @@ def _seed_away_from(items: torch.Tensor, fixed: torch.Tensor, taken: np.ndarray,
             free = np.flatnonzero(~taken & ~np.isin(np.arange(len(closest)), start[:position]))
             start[position] = free[rng.integers(len(free))]
         else:
-            start[position] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")),
-                                  len(closest) - 1)
+            start[position] = min(
+                int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(closest) - 1
+            )
         to_new = (2.0 - 2.0 * (items @ items[int(start[position])])).clamp_(min=0.0).double().cpu().numpy()
         closest = np.minimum(closest, to_new)
         closest[start[position]] = 0.0
     return start
 
 
-def _loss(batch: torch.Tensor, anchors: torch.Tensor, params: ActiveFTParams,
-          fixed: torch.Tensor | None = None, tracker: OwnerTracker | None = None,
-          rows: torch.Tensor | None = None) -> torch.Tensor:
+def _loss(
+    batch: torch.Tensor,
+    anchors: torch.Tensor,
+    params: ActiveFTParams,
+    fixed: torch.Tensor | None = None,
+    tracker: OwnerTracker | None = None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The ActiveFT loss of the trainable ``anchors`` beside the unit ``fixed`` anchors (if any).
 
     ``batch`` holds the pool items ``rows`` (None: the whole pool, in order); a ``tracker`` finds
@@ -153,20 +165,19 @@ def _loss(batch: torch.Tensor, anchors: torch.Tensor, params: ActiveFTParams,
     if params.loss == "code":
         # E_j = sum over l (self included) of exp(sg(mu_l) . mu_j / tau), in log space.
         log_negatives = torch.logsumexp(every.detach() @ every.T / params.temperature, dim=0)
-        return -(logits - torch.logaddexp(logits, math.log(params.balance)
-                                          + log_negatives[owner])).mean()
+        return -(logits - torch.logaddexp(logits, math.log(params.balance) + log_negatives[owner])).mean()
     n_anchors = len(every)
     if n_anchors == 1:
         return -logits.mean()
     # Repulsion of each trainable anchor from every other anchor, fixed ones included.
     anchor_logits = (unit_anchors @ every.T / params.temperature).masked_fill(
-        torch.eye(len(unit_anchors), n_anchors, dtype=torch.bool, device=anchors.device), -math.inf)
+        torch.eye(len(unit_anchors), n_anchors, dtype=torch.bool, device=anchors.device), -math.inf
+    )
     return -logits.mean() + params.balance * torch.logsumexp(anchor_logits, dim=1).mean()
 
 
 @torch.no_grad()
-def _owning_anchor(batch: torch.Tensor, unit_anchors: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _owning_anchor(batch: torch.Tensor, unit_anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Highest similarity of each item to any anchor and that anchor (lower id on ties)."""
     owner, similarity = top_matches(batch, unit_anchors, 1, "dot")
     return similarity[:, 0], owner[:, 0]
@@ -195,11 +206,12 @@ class OwnerTracker:
         """A reused block for the bound test (fresh large allocations cost page faults each step)."""
         if self._buffer.numel() < shape.numel():
             self._buffer = torch.empty(shape.numel(), device=self._buffer.device)
-        return self._buffer[:shape.numel()].view(shape)
+        return self._buffer[: shape.numel()].view(shape)
 
     @torch.no_grad()
-    def owners(self, batch: torch.Tensor, rows: torch.Tensor | None, unit_anchors: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def owners(
+        self, batch: torch.Tensor, rows: torch.Tensor | None, unit_anchors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(similarity to the owner, owner) of the items ``rows`` (None: all) given as ``batch``."""
         if self._previous is not None:
             self.drift += torch.linalg.vector_norm(unit_anchors - self._previous, dim=1)
@@ -219,8 +231,14 @@ class OwnerTracker:
             self.owner[rows] = owner
         return similarity, owner.clone()
 
-    def _search(self, batch: torch.Tensor, unit_anchors: torch.Tensor, bounds: torch.Tensor,
-                owner: torch.Tensor, similarity: torch.Tensor) -> None:
+    def _search(
+        self,
+        batch: torch.Tensor,
+        unit_anchors: torch.Tensor,
+        bounds: torch.Tensor,
+        owner: torch.Tensor,
+        similarity: torch.Tensor,
+    ) -> None:
         """Full search: every similarity becomes its own bound."""
         scores = batch @ unit_anchors.T
         best, first = scores.max(dim=1)  # first maximum: lower id
@@ -228,12 +246,17 @@ class OwnerTracker:
         similarity.copy_(best)
         torch.sub(scores, self.drift, out=bounds)
 
-    def _refine(self, batch: torch.Tensor, unit_anchors: torch.Tensor, bounds: torch.Tensor,
-                owner: torch.Tensor, similarity: torch.Tensor) -> None:
+    def _refine(
+        self,
+        batch: torch.Tensor,
+        unit_anchors: torch.Tensor,
+        bounds: torch.Tensor,
+        owner: torch.Tensor,
+        similarity: torch.Tensor,
+    ) -> None:
         """Owners from the bounds: only the pairs that might beat the current owner are computed."""
         n_rows = len(batch)
-        own = _sampled_products(batch, unit_anchors, torch.arange(n_rows + 1, device=batch.device),
-                                owner)
+        own = _sampled_products(batch, unit_anchors, torch.arange(n_rows + 1, device=batch.device), owner)
         reach = torch.add(bounds, self.drift, out=self._scratch(bounds.shape))
         reach.scatter_(1, owner[:, None], -torch.inf)
         hit_rows, cols = (reach >= (own - _BOUND_SLACK)[:, None]).nonzero(as_tuple=True)
@@ -247,7 +270,8 @@ class OwnerTracker:
         best = own.scatter_reduce(0, hit_rows, values, reduce="amax", include_self=True)
         at_best = values == best[hit_rows]
         lowest = torch.full_like(owner, len(unit_anchors)).scatter_reduce(
-            0, hit_rows[at_best], cols[at_best], reduce="amin", include_self=True)
+            0, hit_rows[at_best], cols[at_best], reduce="amin", include_self=True
+        )
         keep_owner = (own == best) & (owner < lowest)
         new_owner = torch.where(keep_owner, owner, lowest)
         moved = torch.nonzero(new_owner != owner).flatten()
@@ -256,15 +280,20 @@ class OwnerTracker:
         similarity.copy_(best)
 
 
-def _sampled_products(batch: torch.Tensor, keys: torch.Tensor, row_starts: torch.Tensor,
-                      cols: torch.Tensor) -> torch.Tensor:
+def _sampled_products(
+    batch: torch.Tensor, keys: torch.Tensor, row_starts: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
     """``batch[i] . keys[cols[j]]`` for the pairs of a CSR pattern (row i owns the entries
     ``row_starts[i]:row_starts[i + 1]``), without gathering rows."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is tested here
         warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(row_starts, cols,
-                                          torch.zeros(len(cols), dtype=batch.dtype, device=batch.device),
-                                          (len(batch), len(keys)), check_invariants=False)
+        pattern = torch.sparse_csr_tensor(
+            row_starts,
+            cols,
+            torch.zeros(len(cols), dtype=batch.dtype, device=batch.device),
+            (len(batch), len(keys)),
+            check_invariants=False,
+        )
         return torch.sparse.sampled_addmm(pattern, batch, keys.T, beta=0.0).values()
 
 
@@ -272,8 +301,9 @@ class _OwnedSimilarity(torch.autograd.Function):
     """Identity on precomputed similarities whose gradient flows to each item's owning anchor."""
 
     @staticmethod
-    def forward(ctx: Any, unit_anchors: torch.Tensor, similarity: torch.Tensor,
-                items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, unit_anchors: torch.Tensor, similarity: torch.Tensor, items: torch.Tensor, owner: torch.Tensor
+    ) -> torch.Tensor:
         ctx.save_for_backward(items, owner)
         ctx.n_anchors = len(unit_anchors)
         return similarity.clone()

@@ -1,4 +1,5 @@
 """Stage 2b: budget split (ALGORITHM.md §4.4) and iterative boundary picks with penalty (§4.5)."""
+
 from __future__ import annotations
 
 import heapq
@@ -7,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from bilaf.errors import InvalidInputError
 from bilaf import defaults
+from bilaf.errors import InvalidInputError
+
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
 from ._validation import validate_core_indices, validate_inputs
 from .progress import Progress
-from .results import BOUNDARY_ROLE, CORE_ROLE, ClusterStats, CoreSelection, DenoisedPool, Pick
-from .results import SelectionResult
+from .results import BOUNDARY_ROLE, CORE_ROLE, ClusterStats, CoreSelection, DenoisedPool, Pick, SelectionResult
 from .variants import BUDGET_RULES, Stage2Settings, resolve_settings
 
 BILAF = "bilaf"
@@ -36,8 +37,10 @@ def allocate_budget(budget: int, sizes: Any, rule: str = "largest_remainder") ->
     if rule == "repo":
         return _repo_allocation(budget, sizes)
     if not len(sizes) <= budget <= sizes.sum():
-        raise InvalidInputError(f"budget {budget} must lie between the number of clusters ({len(sizes)}) "
-                         f"and the denoised pool size ({sizes.sum()})")
+        raise InvalidInputError(
+            f"budget {budget} must lie between the number of clusters ({len(sizes)}) "
+            f"and the denoised pool size ({sizes.sum()})"
+        )
     return apportion(budget, sizes, lower=np.ones_like(sizes), upper=sizes)
 
 
@@ -52,7 +55,7 @@ def apportion(total: int, weights: Any, lower: np.ndarray, upper: np.ndarray) ->
         movable = np.flatnonzero(shares < upper) if missing > 0 else np.flatnonzero(shares > lower)
         gap = quotas[movable] - shares[movable]
         priority = gap if missing > 0 else -gap
-        chosen = movable[np.lexsort((movable, -priority))][:abs(missing)]
+        chosen = movable[np.lexsort((movable, -priority))][: abs(missing)]
         shares[chosen] += 1 if missing > 0 else -1
     return shares
 
@@ -69,53 +72,65 @@ def _repo_allocation(budget: int, sizes: np.ndarray) -> np.ndarray:
     return shares
 
 
-def select_boundary(features: Any, cores: Any, denoised: DenoisedPool, budget: int,
-                    penalty: float = defaults.PENALTY, *, variant: str | None = None,
-                    budget_rule: str | None = None, penalty_scope: str | None = None,
-                    intra_distance: str | None = None) -> SelectionResult:
+def select_boundary(
+    features: Any,
+    cores: Any,
+    denoised: DenoisedPool,
+    budget: int,
+    penalty: float = defaults.PENALTY,
+    *,
+    variant: str | None = None,
+    budget_rule: str | None = None,
+    penalty_scope: str | None = None,
+    intra_distance: str | None = None,
+) -> SelectionResult:
     """Pick ``budget`` items: each cluster's core, then its boundary items one at a time.
 
     ``penalty`` is the opponent penalty delta (1.0 disables it). ``variant`` defaults to the one
     ``denoised`` was made with; geometry (normalisation, precision) always follows ``denoised``.
     """
-    settings = resolve_settings(variant or denoised.variant, normalize=denoised.normalized,
-                                exact=denoised.params["exact"],
-                                density=denoised.params["density"],
-                                absorb_remainder=denoised.params["absorb_remainder"],
-                                budget_rule=budget_rule, penalty_scope=penalty_scope,
-                                intra_distance=intra_distance)
+    settings = resolve_settings(
+        variant or denoised.variant,
+        normalize=denoised.normalized,
+        exact=denoised.params["exact"],
+        density=denoised.params["density"],
+        absorb_remainder=denoised.params["absorb_remainder"],
+        budget_rule=budget_rule,
+        penalty_scope=penalty_scope,
+        intra_distance=intra_distance,
+    )
     matrix = validate_inputs(features, budget=budget, cores=cores, normalize=settings.normalize)
     core_ids = validate_core_indices(cores, len(matrix))
     if len(matrix) != denoised.n_items or not np.array_equal(core_ids, denoised.cores):
-        raise InvalidInputError("denoised pool does not match these features and cores: it covers "
-                         f"{denoised.n_items} items and {len(denoised.cores)} cores, got "
-                         f"{len(matrix)} items and {len(core_ids)} cores")
-    result = select_boundary_validated(matrix, denoised, int(budget), penalty, settings,
-                                       variant or denoised.variant)
+        raise InvalidInputError(
+            "denoised pool does not match these features and cores: it covers "
+            f"{denoised.n_items} items and {len(denoised.cores)} cores, got "
+            f"{len(matrix)} items and {len(core_ids)} cores"
+        )
+    result = select_boundary_validated(matrix, denoised, int(budget), penalty, settings, variant or denoised.variant)
     if isinstance(cores, CoreSelection):
-        result.params.update(core_method=cores.method, core_seed=cores.seed,
-                             core_params=cores.params)
+        result.params.update(core_method=cores.method, core_seed=cores.seed, core_params=cores.params)
     return result
 
 
-def select_boundary_validated(matrix: np.ndarray, denoised: DenoisedPool, budget: int,
-                              penalty: float, settings: Stage2Settings,
-                              variant: str) -> SelectionResult:
+def select_boundary_validated(
+    matrix: np.ndarray, denoised: DenoisedPool, budget: int, penalty: float, settings: Stage2Settings, variant: str
+) -> SelectionResult:
     """``select_boundary`` on already validated inputs (used by the whole-method pipeline)."""
     core_ids = denoised.cores
     check_boundary_args(len(core_ids), penalty)
     members = _denoised_members(denoised)
     shares = allocate_budget(budget, [len(h) for h in members], settings.budget_rule)
     if (shares == 0).any():
-        raise InvalidInputError(f"the repo budget rule gives cluster {int(np.argmin(shares))} no budget "
-                         "(the official code divides by zero here); raise the budget to at "
-                         "least twice the number of cores or use budget_rule='largest_remainder'")
+        raise InvalidInputError(
+            f"the repo budget rule gives cluster {int(np.argmin(shares))} no budget "
+            "(the official code divides by zero here); raise the budget to at "
+            "least twice the number of cores or use budget_rule='largest_remainder'"
+        )
     points = stage2_points(matrix, settings.normalize, settings.exact)
-    n_rivals = 1 if settings.penalty_scope == "nearest" else \
-        int(min(len(core_ids) - 1, max(1, shares.max() - 1)))
+    n_rivals = 1 if settings.penalty_scope == "nearest" else int(min(len(core_ids) - 1, max(1, shares.max() - 1)))
     kept = np.concatenate(members)
-    rival_ids, rival_distances = _rivals(points, kept, denoised.assignment[kept], core_ids,
-                                         n_rivals, settings.exact)
+    rival_ids, rival_distances = _rivals(points, kept, denoised.assignment[kept], core_ids, n_rivals, settings.exact)
     picks: list[Pick] = []
     stats = []
     offset = 0
@@ -123,31 +138,61 @@ def select_boundary_validated(matrix: np.ndarray, denoised: DenoisedPool, budget
         rows = slice(offset, offset + len(items))
         offset += len(items)
         core_position = int(np.flatnonzero(items == core_ids[cluster])[0])
-        chosen = _pick_cluster(ClusterDistances(points[items], settings.exact), core_position,
-                               int(shares[cluster]), rival_ids[rows], rival_distances[rows],
-                               len(core_ids), float(penalty), settings)
+        chosen = _pick_cluster(
+            ClusterDistances(points[items], settings.exact),
+            core_position,
+            int(shares[cluster]),
+            rival_ids[rows],
+            rival_distances[rows],
+            len(core_ids),
+            float(penalty),
+            settings,
+        )
         for position, score, rival, factor in chosen:
             is_core = score is None
-            picks.append(Pick(rank=len(picks), index=int(items[position]),
-                              role=CORE_ROLE if is_core else BOUNDARY_ROLE, cluster=cluster,
-                              boundary_score=None if is_core else float(score),
-                              rival_center=None if is_core else int(core_ids[rival]),
-                              penalty_factor=None if is_core else float(factor)))
+            picks.append(
+                Pick(
+                    rank=len(picks),
+                    index=int(items[position]),
+                    role=CORE_ROLE if is_core else BOUNDARY_ROLE,
+                    cluster=cluster,
+                    boundary_score=None if is_core else float(score),
+                    rival_center=None if is_core else int(core_ids[rival]),
+                    penalty_factor=None if is_core else float(factor),
+                )
+            )
         size = denoised.clusters[cluster].size
-        stats.append(ClusterStats(cluster=cluster, core_index=int(core_ids[cluster]), size=size,
-                                  denoised_size=len(items), budget=int(shares[cluster])))
-    params = {"budget": budget, "penalty": float(penalty), "n_cores": len(core_ids),
-              **denoised.params, **settings.to_dict()}
-    return SelectionResult(indices=[pick.index for pick in picks], picks=tuple(picks),
-                           clusters=tuple(stats), method=BILAF, variant=variant, params=params)
+        stats.append(
+            ClusterStats(
+                cluster=cluster,
+                core_index=int(core_ids[cluster]),
+                size=size,
+                denoised_size=len(items),
+                budget=int(shares[cluster]),
+            )
+        )
+    params = {
+        "budget": budget,
+        "penalty": float(penalty),
+        "n_cores": len(core_ids),
+        **denoised.params,
+        **settings.to_dict(),
+    }
+    return SelectionResult(
+        indices=[pick.index for pick in picks],
+        picks=tuple(picks),
+        clusters=tuple(stats),
+        method=BILAF,
+        variant=variant,
+        params=params,
+    )
 
 
 def check_boundary_args(n_cores: int, penalty: Any) -> None:
     """ValueError unless there are 2+ cores (a boundary needs a rival) and 1 <= penalty < inf."""
     if n_cores < 2:
         raise InvalidInputError("BiLAF needs at least 2 cores: a boundary score needs a rival centre")
-    if isinstance(penalty, bool) or not isinstance(penalty, numbers.Real) \
-            or not 1.0 <= penalty < np.inf:
+    if isinstance(penalty, bool) or not isinstance(penalty, numbers.Real) or not 1.0 <= penalty < np.inf:
         raise InvalidInputError(f"penalty must be a finite number >= 1 (1 disables it); got {penalty!r}")
 
 
@@ -160,23 +205,32 @@ def _denoised_members(denoised: DenoisedPool) -> list[np.ndarray]:
     members = np.split(items, np.cumsum(counts)[:-1])
     for cluster, cluster_items in enumerate(members):
         if denoised.cores[cluster] not in cluster_items:
-            raise InvalidInputError(f"denoised pool is inconsistent: core {denoised.cores[cluster]} is "
-                             f"not among the kept items of its cluster {cluster}")
+            raise InvalidInputError(
+                f"denoised pool is inconsistent: core {denoised.cores[cluster]} is "
+                f"not among the kept items of its cluster {cluster}"
+            )
     return members
 
 
-def _rivals(points: np.ndarray, items: np.ndarray, own: np.ndarray, core_ids: np.ndarray,
-            n_rivals: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+def _rivals(
+    points: np.ndarray, items: np.ndarray, own: np.ndarray, core_ids: np.ndarray, n_rivals: int, exact: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """For each item, its ``n_rivals`` nearest cores other than its own cluster's, nearest first."""
     ids, distances = nearest_centres(points, points[core_ids], n_rivals + 1, exact, rows=items)
     not_own = np.argsort(ids == own[:, None], axis=1, kind="stable")[:, :n_rivals]
     return np.take_along_axis(ids, not_own, axis=1), np.take_along_axis(distances, not_own, axis=1)
 
 
-def _pick_cluster(distances: ClusterDistances, core_position: int, n_picks: int,
-                  rival_ids: np.ndarray, rival_distances: np.ndarray, n_clusters: int,
-                  penalty: float, settings: Stage2Settings
-                  ) -> list[tuple[int, float | None, int | None, float | None]]:
+def _pick_cluster(
+    distances: ClusterDistances,
+    core_position: int,
+    n_picks: int,
+    rival_ids: np.ndarray,
+    rival_distances: np.ndarray,
+    n_clusters: int,
+    penalty: float,
+    settings: Stage2Settings,
+) -> list[tuple[int, float | None, int | None, float | None]]:
     """Iterative select-and-remove inside one denoised cluster (positions in H order).
 
     Returns (position, penalised boundary score, rival cluster, rival's penalty factor) per pick;
@@ -191,8 +245,7 @@ def _pick_cluster(distances: ClusterDistances, core_position: int, n_picks: int,
     outer = rival_distances[:, 0]
     intra_sums = _row_sums(distances)
     remaining = settings.intra_distance == "remaining"
-    picks: list[tuple[int, float | None, int | None, float | None]] = [
-        (core_position, None, None, None)]
+    picks: list[tuple[int, float | None, int | None, float | None]] = [(core_position, None, None, None)]
     last, last_rival = core_position, None
     while len(picks) < n_picks:
         to_last = distances.block(np.array([last]), candidates)[0]
@@ -224,13 +277,13 @@ def _pick_cluster(distances: ClusterDistances, core_position: int, n_picks: int,
 def _row_sums(distances: ClusterDistances) -> np.ndarray:
     everything = np.arange(distances.n)
     step = rows_per_block(distances.n)
-    return np.concatenate([distances.block(everything[s:s + step], everything).sum(axis=1)
-                           for s in range(0, distances.n, step)]).astype(np.float64)
+    return np.concatenate(
+        [distances.block(everything[s : s + step], everything).sum(axis=1) for s in range(0, distances.n, step)]
+    ).astype(np.float64)
 
 
 def _sums_to(distances: ClusterDistances, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     if len(columns) == 0:
         return np.zeros(len(rows))
     step = rows_per_block(len(columns))
-    return np.concatenate([distances.block(rows[s:s + step], columns).sum(axis=1)
-                           for s in range(0, len(rows), step)])
+    return np.concatenate([distances.block(rows[s : s + step], columns).sum(axis=1) for s in range(0, len(rows), step)])

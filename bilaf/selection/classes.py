@@ -18,6 +18,7 @@ themselves take that place:
 The round may also spend ``n_cores`` of its budget on coverage: cores picked by the core method
 with every labeled and pending item as a fixed anchor (new data unlike the old attracts them).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bilaf.errors import InvalidInputError
 from bilaf import defaults
+from bilaf.errors import InvalidInputError
+
 from ._geometry import ClusterDistances, device, l2_normalize, rows_per_block, squared_distances
 from ._validation import KnownItems, validate_inputs, validate_known
 from .boundary import _TINY, apportion, check_boundary_args
@@ -38,10 +40,17 @@ from .results import BOUNDARY_ROLE, CORE_ROLE, ClassRegions, ClassStats, Pick, S
 LABEL_AWARE = "bilaf-labels"
 
 
-def class_regions(features: Any, labels: Any, *, pending: Any = None, cores: Any = None,
-                  n_neighbors: int = defaults.N_NEIGHBORS, ring_fraction: float = defaults.RING_FRACTION,
-                  removal_ratio: float = defaults.REMOVAL_RATIO,
-                  min_cluster_size: int = defaults.MIN_CLUSTER_SIZE) -> ClassRegions:
+def class_regions(
+    features: Any,
+    labels: Any,
+    *,
+    pending: Any = None,
+    cores: Any = None,
+    n_neighbors: int = defaults.N_NEIGHBORS,
+    ring_fraction: float = defaults.RING_FRACTION,
+    removal_ratio: float = defaults.REMOVAL_RATIO,
+    min_cluster_size: int = defaults.MIN_CLUSTER_SIZE,
+) -> ClassRegions:
     """Give every item a class (its label, else the probe's) and denoise each class region.
 
     ``labels``: one class index per item, -1 = unlabeled (two classes at least); ``pending``:
@@ -62,18 +71,22 @@ def _check_cores(cores: Any, known: KnownItems) -> np.ndarray:
     return np.sort(array)
 
 
-def class_regions_validated(matrix: np.ndarray, known: KnownItems, cores: np.ndarray,
-                            params: IdcParams) -> ClassRegions:
+def class_regions_validated(
+    matrix: np.ndarray, known: KnownItems, cores: np.ndarray, params: IdcParams
+) -> ClassRegions:
     """``class_regions`` on validated inputs (used by the whole-method pipeline)."""
     if len(known.classes) < 2:
-        raise InvalidInputError(f"label-aware selection needs labels of at least 2 classes; got "
-                         f"{len(known.classes)} ({len(known.labeled)} labeled items)")
+        raise InvalidInputError(
+            f"label-aware selection needs labels of at least 2 classes; got "
+            f"{len(known.classes)} ({len(known.labeled)} labeled items)"
+        )
     points = l2_normalize(matrix)
     unlabeled = np.flatnonzero(known.labels < 0)
     # Class-balanced: after a few rounds the labels' class mix reflects what was picked, and an
     # unweighted probe would hand the largest labeled class a region larger than its share.
-    classes, probabilities = class_probabilities(matrix, known.labeled, known.labels[known.labeled],
-                                                 unlabeled, balanced=True)
+    classes, probabilities = class_probabilities(
+        matrix, known.labeled, known.labels[known.labeled], unlabeled, balanced=True
+    )
     assignment = known.labels.copy()
     assignment[unlabeled] = classes[probabilities.argmax(axis=1)]
     kept = np.zeros(len(matrix), dtype=bool)
@@ -88,16 +101,24 @@ def class_regions_validated(matrix: np.ndarray, known: KnownItems, cores: np.nda
             order, n_kept = grow_from_seeds(ClusterDistances(points[members], exact=False), seeds, params)
         absorption_rank[members[order]] = np.arange(len(order))
         kept[members[order[:n_kept]]] = True
-        stats.append(ClassStats(class_id=int(class_id), size=len(members), denoised_size=int(n_kept),
-                                labeled=len(seeds)))
-    return ClassRegions(labels=known.labels, pending=known.pending, cores=cores, assignment=assignment,
-                        kept=kept, absorption_rank=absorption_rank,
-                        params={**vars(params), "probe_C": INVERSE_REGULARIZATION, "probe_class_weight": "balanced"},
-                        classes=tuple(stats))
+        stats.append(
+            ClassStats(class_id=int(class_id), size=len(members), denoised_size=int(n_kept), labeled=len(seeds))
+        )
+    return ClassRegions(
+        labels=known.labels,
+        pending=known.pending,
+        cores=cores,
+        assignment=assignment,
+        kept=kept,
+        absorption_rank=absorption_rank,
+        params={**vars(params), "probe_C": INVERSE_REGULARIZATION, "probe_class_weight": "balanced"},
+        classes=tuple(stats),
+    )
 
 
-def select_class_boundary(features: Any, regions: ClassRegions, budget: int,
-                          penalty: float = defaults.PENALTY) -> SelectionResult:
+def select_class_boundary(
+    features: Any, regions: ClassRegions, budget: int, penalty: float = defaults.PENALTY
+) -> SelectionResult:
     """The round's picks: its cores first, then ``budget - len(cores)`` boundary picks between
     the classes of ``regions`` (see the module docstring)."""
     matrix = validate_inputs(features, budget=budget, normalize=True)
@@ -107,8 +128,9 @@ def select_class_boundary(features: Any, regions: ClassRegions, budget: int,
     return select_class_boundary_validated(matrix, regions, int(budget), float(penalty))
 
 
-def select_class_boundary_validated(matrix: np.ndarray, regions: ClassRegions, budget: int,
-                                    penalty: float) -> SelectionResult:
+def select_class_boundary_validated(
+    matrix: np.ndarray, regions: ClassRegions, budget: int, penalty: float
+) -> SelectionResult:
     """``select_class_boundary`` on validated inputs."""
     n_boundary = budget - len(regions.cores)
     if n_boundary < 0:
@@ -118,40 +140,72 @@ def select_class_boundary_validated(matrix: np.ndarray, regions: ClassRegions, b
     candidates = [np.flatnonzero((regions.assignment == c) & regions.kept & free) for c in classes]
     capacity = np.array([len(items) for items in candidates])
     if n_boundary > capacity.sum():
-        raise InvalidInputError(f"{n_boundary} boundary picks asked for, but only {capacity.sum()} denoised "
-                         "items are neither labeled, pending nor cores")
+        raise InvalidInputError(
+            f"{n_boundary} boundary picks asked for, but only {capacity.sum()} denoised "
+            "items are neither labeled, pending nor cores"
+        )
     shares = _class_shares(regions, classes, capacity, n_boundary)
     points = l2_normalize(matrix)
     labeled = np.flatnonzero(regions.labels >= 0)
     rows = np.concatenate(candidates)
-    to_class = _distance_to_classes(points, rows, labeled, regions.labels[labeled], classes,
-                                    int(regions.params["n_neighbors"]))
+    to_class = _distance_to_classes(
+        points, rows, labeled, regions.labels[labeled], classes, int(regions.params["n_neighbors"])
+    )
     picks = [Pick(rank=rank, index=int(item), role=CORE_ROLE) for rank, item in enumerate(regions.cores)]
     offset = 0
     for position, (items, share) in enumerate(zip(Progress(candidates, "class boundary picks"), shares)):
-        block = to_class[offset:offset + len(items)]
+        block = to_class[offset : offset + len(items)]
         offset += len(items)
         if share == 0:
             continue
         rival_positions = np.delete(np.arange(len(classes)), position)
-        chosen = _pick_in_class(ClusterDistances(points[items], exact=False), int(share),
-                                block[:, position], block[:, rival_positions], rival_positions,
-                                len(classes), penalty)
+        chosen = _pick_in_class(
+            ClusterDistances(points[items], exact=False),
+            int(share),
+            block[:, position],
+            block[:, rival_positions],
+            rival_positions,
+            len(classes),
+            penalty,
+        )
         for local, score, rival, factor in chosen:
-            picks.append(Pick(rank=len(picks), index=int(items[local]), role=BOUNDARY_ROLE,
-                              boundary_score=score, penalty_factor=factor,
-                              predicted_class=int(classes[position]), rival_class=int(classes[rival])))
-    class_stats = tuple(ClassStats(class_id=s.class_id, size=s.size, denoised_size=s.denoised_size,
-                                   labeled=s.labeled, budget=int(share))
-                        for s, share in zip(regions.classes, shares))
-    params = {"budget": budget, "penalty": penalty, "n_cores": len(regions.cores),
-              "labeled": len(labeled), "pending": len(regions.pending), **regions.params}
-    return SelectionResult(indices=[pick.index for pick in picks], picks=tuple(picks), clusters=(),
-                           classes=class_stats, method=LABEL_AWARE, variant="default", params=params)
+            picks.append(
+                Pick(
+                    rank=len(picks),
+                    index=int(items[local]),
+                    role=BOUNDARY_ROLE,
+                    boundary_score=score,
+                    penalty_factor=factor,
+                    predicted_class=int(classes[position]),
+                    rival_class=int(classes[rival]),
+                )
+            )
+    class_stats = tuple(
+        ClassStats(
+            class_id=s.class_id, size=s.size, denoised_size=s.denoised_size, labeled=s.labeled, budget=int(share)
+        )
+        for s, share in zip(regions.classes, shares)
+    )
+    params = {
+        "budget": budget,
+        "penalty": penalty,
+        "n_cores": len(regions.cores),
+        "labeled": len(labeled),
+        "pending": len(regions.pending),
+        **regions.params,
+    }
+    return SelectionResult(
+        indices=[pick.index for pick in picks],
+        picks=tuple(picks),
+        clusters=(),
+        classes=class_stats,
+        method=LABEL_AWARE,
+        variant="default",
+        params=params,
+    )
 
 
-def _class_shares(regions: ClassRegions, classes: np.ndarray, capacity: np.ndarray,
-                  n_boundary: int) -> np.ndarray:
+def _class_shares(regions: ClassRegions, classes: np.ndarray, capacity: np.ndarray, n_boundary: int) -> np.ndarray:
     """Boundary picks per class, topping each class up towards its share of the pool.
 
     A class's share is its denoised region's share of all denoised items (the probe's estimate of
@@ -173,8 +227,9 @@ def _class_shares(regions: ClassRegions, classes: np.ndarray, capacity: np.ndarr
     return apportion(n_boundary, weights, lower=np.zeros(len(classes), dtype=np.int64), upper=capacity)
 
 
-def _distance_to_classes(points: np.ndarray, rows: np.ndarray, labeled: np.ndarray,
-                         labels: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
+def _distance_to_classes(
+    points: np.ndarray, rows: np.ndarray, labeled: np.ndarray, labels: np.ndarray, classes: np.ndarray, k: int
+) -> np.ndarray:
     """Mean distance of each ``points[rows]`` item to its ``k`` nearest labeled items of each class
     (all of them when a class has fewer): one column per class, in ``classes`` order."""
     dev = device()
@@ -185,17 +240,23 @@ def _distance_to_classes(points: np.ndarray, rows: np.ndarray, labeled: np.ndarr
     out = np.empty((len(rows), len(classes)), dtype=np.float64)
     step = rows_per_block(len(references))
     for start in range(0, len(rows), step):
-        block = torch.as_tensor(points[rows[start:start + step]], device=dev)
+        block = torch.as_tensor(points[rows[start : start + step]], device=dev)
         distances = squared_distances(block, (block * block).sum(1), references, reference_sq).sqrt_()
         for column, (low, high) in enumerate(zip(bounds[:-1], bounds[1:])):
             nearest = torch.topk(distances[:, low:high], min(k, high - low), dim=1, largest=False).values
-            out[start:start + len(block), column] = nearest.mean(dim=1).double().cpu().numpy()
+            out[start : start + len(block), column] = nearest.mean(dim=1).double().cpu().numpy()
     return out
 
 
-def _pick_in_class(distances: ClusterDistances, n_picks: int, inner: np.ndarray, rivals: np.ndarray,
-                   rival_ids: np.ndarray, n_classes: int, penalty: float
-                   ) -> list[tuple[int, float, int, float]]:
+def _pick_in_class(
+    distances: ClusterDistances,
+    n_picks: int,
+    inner: np.ndarray,
+    rivals: np.ndarray,
+    rival_ids: np.ndarray,
+    n_classes: int,
+    penalty: float,
+) -> list[tuple[int, float, int, float]]:
     """Iterative select-and-remove among one class's candidates (positions in ``distances``).
 
     Each pick is the candidate of smallest penalised boundary score; it and its
@@ -212,8 +273,7 @@ def _pick_in_class(distances: ClusterDistances, n_picks: int, inner: np.ndarray,
         scaled = rivals[candidates] * factors[rival_ids][None, :]
         closest = scaled.argmin(axis=1)
         penalised = scaled[np.arange(len(candidates)), closest]
-        scores = (penalised - inner[candidates]) / np.maximum(
-            np.maximum(outer[candidates], inner[candidates]), _TINY)
+        scores = (penalised - inner[candidates]) / np.maximum(np.maximum(outer[candidates], inner[candidates]), _TINY)
         best = int(np.argmin(scores))  # first minimum in the current candidate order
         chosen, rival = int(candidates[best]), int(rival_ids[closest[best]])
         picks.append((chosen, float(scores[best]), rival, float(factors[rival])))

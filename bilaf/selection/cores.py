@@ -3,16 +3,19 @@
 Each core method returns items in its own pick order; ``select_cores`` sorts them ascending into a
 CoreSelection, as the released core JSONs are.
 """
+
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from bilaf.errors import InvalidInputError
+
 from ._geometry import claim_items, device, l2_normalize, nearest_centres, scatter_rows, top_matches
 from ._validation import KnownItems, validate_inputs, validate_known
 from .activeft import ActiveFTParams, activeft
@@ -28,8 +31,7 @@ class KMeansParams:
     tol: float = 1e-4
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) \
-                or self.max_iter < 1:
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
             raise InvalidInputError(f"max_iter must be a positive integer; got {self.max_iter!r}")
         if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or self.tol < 0:
             raise InvalidInputError(f"tol must be a number >= 0; got {self.tol!r}")
@@ -43,9 +45,17 @@ class NoParams:
 _KMEANS_INIT_MIN = 10_000
 
 
-def select_cores(features: Any, n_cores: int, method: str = "activeft", seed: int = 0, *,
-                 normalize: bool = True, labels: Any = None, pending: Any = None,
-                 **options: Any) -> CoreSelection:
+def select_cores(
+    features: Any,
+    n_cores: int,
+    method: str = "activeft",
+    seed: int = 0,
+    *,
+    normalize: bool = True,
+    labels: Any = None,
+    pending: Any = None,
+    **options: Any,
+) -> CoreSelection:
     """Pick ``n_cores`` distinct items as pseudo-class centres; indices come back ascending.
 
     ``normalize`` (k-means, k-center) measures on unit vectors; ActiveFT always does (cosine).
@@ -55,8 +65,7 @@ def select_cores(features: Any, n_cores: int, method: str = "activeft", seed: in
     """
     params = method_params(method, options)
     check_seed(seed)
-    matrix = validate_inputs(features, n_cores=n_cores,
-                             normalize=uses_unit_vectors(method, normalize))
+    matrix = validate_inputs(features, n_cores=n_cores, normalize=uses_unit_vectors(method, normalize))
     known = validate_known(labels, pending, len(matrix), budget=n_cores)
     order, info = core_pick_order(matrix, int(n_cores), method, seed, normalize, params, known)
     return CoreSelection(indices=np.sort(order), method=method, seed=seed, params=info)
@@ -70,8 +79,7 @@ def method_params(method: str, options: dict[str, Any]) -> Any:
     allowed = tuple(params_type.__dataclass_fields__)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise InvalidInputError(f"unknown option {unknown[0]!r} for method {method!r}; "
-                         f"allowed: {allowed or 'none'}")
+        raise InvalidInputError(f"unknown option {unknown[0]!r} for method {method!r}; allowed: {allowed or 'none'}")
     return params_type(**options)
 
 
@@ -85,8 +93,15 @@ def check_seed(seed: Any) -> None:
         raise InvalidInputError(f"seed must be a non-negative integer; got {seed!r}")
 
 
-def core_pick_order(matrix: np.ndarray, n_cores: int, method: str, seed: int, normalize: bool,
-                    params: Any, known: KnownItems | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def core_pick_order(
+    matrix: np.ndarray,
+    n_cores: int,
+    method: str,
+    seed: int,
+    normalize: bool,
+    params: Any,
+    known: KnownItems | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Validated inputs in, (items in pick order, JSON-safe parameters and diagnostics) out.
 
     With ``known`` items (labeled or pending), every method continues from them: ActiveFT keeps
@@ -102,15 +117,17 @@ def _points(matrix: np.ndarray, normalize: bool) -> np.ndarray:
     return l2_normalize(matrix) if normalize else np.ascontiguousarray(matrix, dtype=np.float32)
 
 
-def _activeft(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool,
-              params: ActiveFTParams, taken: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _activeft(
+    matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: ActiveFTParams, taken: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """ActiveFT always works on unit vectors (cosine geometry), whatever ``normalize`` says."""
     order, info = activeft(l2_normalize(matrix), n_cores, seed, params, taken)
     return order, {**info, "normalize": True}
 
 
-def _random(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: NoParams,
-            taken: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _random(
+    matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: NoParams, taken: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, Any]]:
     rng = np.random.default_rng(seed)
     if taken is None:
         return rng.choice(len(matrix), n_cores, replace=False), {}
@@ -118,8 +135,9 @@ def _random(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params
     return free[rng.choice(len(free), n_cores, replace=False)], {}
 
 
-def _kcenter(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: NoParams,
-             taken: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _kcenter(
+    matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: NoParams, taken: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Farthest-point sampling: a random first item (or, after earlier rounds, the item farthest
     from every labeled and pending one), then always the item farthest from all picks so far."""
     items = torch.as_tensor(_points(matrix, normalize), device=device())
@@ -143,9 +161,13 @@ def _kcenter(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, param
     return np.array(picks, dtype=np.int64), {"normalize": normalize}
 
 
-def _kmeans(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: KMeansParams,
-            taken: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _kmeans(
+    matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: KMeansParams, taken: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Lloyd's k-means (k-means++ seeding), then the nearest unclaimed item to each centroid.
+
+    Written in torch rather than taken from scikit-learn: it runs on CUDA with the other methods,
+    and later rounds need fixed centres (sklearn's KMeans has no way to keep some centres still).
 
     Labeled and pending items (``taken``) are fixed centres: they keep their place, take their
     share of the pool, and only the ``n_cores`` new centroids move.
@@ -156,7 +178,7 @@ def _kmeans(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params
     centroids = _kmeans_plus_plus(items, n_cores, rng, fixed)
     threshold = params.tol * float(items.var(dim=0).mean())
     n_iter, shift = 0, float("inf")
-    for n_iter in Progress(range(1, params.max_iter + 1), "k-means"):
+    for n_iter in Progress(range(1, params.max_iter + 1), "k-means"):  # noqa: B007 (reported after the loop)
         every = centroids if fixed is None else torch.cat([centroids, fixed])
         labels, distances = nearest_centres(items, every, 1, exact=False)
         labels_t = torch.as_tensor(labels[:, 0], device=items.device)
@@ -169,7 +191,7 @@ def _kmeans(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params
         updated = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):  # re-seed empty clusters at the items worst served by their centroid
-            worst = np.argsort(-distances[:, 0], kind="stable")[:len(empty)]
+            worst = np.argsort(-distances[:, 0], kind="stable")[: len(empty)]
             updated[empty] = items[torch.as_tensor(worst, device=items.device)]
         shift = float(((updated - centroids) ** 2).sum())
         centroids = updated
@@ -179,8 +201,9 @@ def _kmeans(matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params
     return picks, {"n_iter": n_iter, "final_shift": shift, "normalize": normalize}
 
 
-def _kmeans_plus_plus(items: torch.Tensor, n_centres: int, rng: np.random.Generator,
-                      fixed: torch.Tensor | None = None) -> torch.Tensor:
+def _kmeans_plus_plus(
+    items: torch.Tensor, n_centres: int, rng: np.random.Generator, fixed: torch.Tensor | None = None
+) -> torch.Tensor:
     """k-means++ seeding (D^2 sampling) on a random sample of the pool, continuing from the
     ``fixed`` centres when there are any."""
     sample_size = min(len(items), max(3 * n_centres, _KMEANS_INIT_MIN))
@@ -212,8 +235,7 @@ def _d2_sample(closest: np.ndarray, rng: np.random.Generator) -> int:
     return int(min(np.searchsorted(cumulative, target, side="right"), len(closest) - 1))
 
 
-CoreMethod = Callable[[np.ndarray, int, int, bool, Any, np.ndarray | None],
-                      tuple[np.ndarray, dict[str, Any]]]
+CoreMethod = Callable[[np.ndarray, int, int, bool, Any, np.ndarray | None], tuple[np.ndarray, dict[str, Any]]]
 CORE_METHODS: dict[str, tuple[CoreMethod, type]] = {
     "activeft": (_activeft, ActiveFTParams),
     "kmeans": (_kmeans, KMeansParams),

@@ -1,4 +1,5 @@
 """Stage 2a: pseudo-class assignment (ALGORITHM.md §4.1) and IDC denoising (§4.2, §4.3)."""
+
 from __future__ import annotations
 
 import numbers
@@ -7,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from bilaf.errors import InvalidInputError
 from bilaf import defaults
+from bilaf.errors import InvalidInputError
+
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
 from ._validation import validate_core_indices, validate_inputs
 from .progress import Progress
@@ -33,34 +35,44 @@ class IdcParams:
         if not 0.0 <= self.removal_ratio < 1.0:
             raise InvalidInputError(f"removal_ratio must be in [0, 1); got {self.removal_ratio!r}")
         if not _is_positive_int(self.min_cluster_size):
-            raise InvalidInputError(f"min_cluster_size must be a positive integer; "
-                             f"got {self.min_cluster_size!r}")
+            raise InvalidInputError(f"min_cluster_size must be a positive integer; got {self.min_cluster_size!r}")
 
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
-def denoise(features: Any, cores: Any, *, variant: str = defaults.DENOISE_VARIANT,
-            n_neighbors: int = defaults.N_NEIGHBORS, ring_fraction: float = defaults.RING_FRACTION,
-            removal_ratio: float = defaults.REMOVAL_RATIO, min_cluster_size: int = defaults.MIN_CLUSTER_SIZE,
-            normalize: bool | None = None, exact: bool | None = None, density: str | None = None,
-            absorb_remainder: bool | None = None) -> DenoisedPool:
+def denoise(
+    features: Any,
+    cores: Any,
+    *,
+    variant: str = defaults.DENOISE_VARIANT,
+    n_neighbors: int = defaults.N_NEIGHBORS,
+    ring_fraction: float = defaults.RING_FRACTION,
+    removal_ratio: float = defaults.REMOVAL_RATIO,
+    min_cluster_size: int = defaults.MIN_CLUSTER_SIZE,
+    normalize: bool | None = None,
+    exact: bool | None = None,
+    density: str | None = None,
+    absorb_remainder: bool | None = None,
+) -> DenoisedPool:
     """Assign every item to its nearest core and drop each cluster's peripheral items with IDC.
 
     ``cores`` is a CoreSelection or item indices (sorted ascending; cluster a = a-th smallest
     core). The switches left as None come from ``variant`` (see ``variants.VARIANTS``).
     """
-    settings = resolve_settings(variant, normalize=normalize, exact=exact, density=density,
-                                absorb_remainder=absorb_remainder)
+    settings = resolve_settings(
+        variant, normalize=normalize, exact=exact, density=density, absorb_remainder=absorb_remainder
+    )
     params = IdcParams(n_neighbors, ring_fraction, removal_ratio, min_cluster_size)
     matrix = validate_inputs(features, cores=cores, normalize=settings.normalize)
     core_ids = validate_core_indices(cores, len(matrix))
     return denoise_validated(matrix, core_ids, variant, settings, params)
 
 
-def denoise_validated(matrix: np.ndarray, core_ids: np.ndarray, variant: str,
-                      settings: Stage2Settings, params: IdcParams) -> DenoisedPool:
+def denoise_validated(
+    matrix: np.ndarray, core_ids: np.ndarray, variant: str, settings: Stage2Settings, params: IdcParams
+) -> DenoisedPool:
     """``denoise`` on already validated inputs (used by the whole-method pipeline)."""
     points = stage2_points(matrix, settings.normalize, settings.exact)
     assignment = nearest_centres(points, points[core_ids], 1, settings.exact)[0][:, 0]
@@ -77,12 +89,19 @@ def denoise_validated(matrix: np.ndarray, core_ids: np.ndarray, variant: str,
             absorbed, n_kept = _idc(distances, core_position, params, settings)
         absorption_rank[members[absorbed]] = np.arange(len(absorbed))
         kept[members[absorbed[:n_kept]]] = True
-        stats.append(ClusterStats(cluster=cluster, core_index=int(core_ids[cluster]),
-                                  size=len(members), denoised_size=n_kept))
-    return DenoisedPool(cores=core_ids, assignment=assignment, kept=kept,
-                        absorption_rank=absorption_rank, normalized=settings.normalize,
-                        variant=variant, params={**vars(params), **settings.to_dict()},
-                        clusters=tuple(stats))
+        stats.append(
+            ClusterStats(cluster=cluster, core_index=int(core_ids[cluster]), size=len(members), denoised_size=n_kept)
+        )
+    return DenoisedPool(
+        cores=core_ids,
+        assignment=assignment,
+        kept=kept,
+        absorption_rank=absorption_rank,
+        normalized=settings.normalize,
+        variant=variant,
+        params={**vars(params), **settings.to_dict()},
+        clusters=tuple(stats),
+    )
 
 
 def cluster_members(assignment: np.ndarray, n_clusters: int) -> list[np.ndarray]:
@@ -92,8 +111,9 @@ def cluster_members(assignment: np.ndarray, n_clusters: int) -> list[np.ndarray]
     return np.split(order, bounds)
 
 
-def _idc(distances: ClusterDistances, core_position: int, params: IdcParams,
-         settings: Stage2Settings) -> tuple[np.ndarray, int]:
+def _idc(
+    distances: ClusterDistances, core_position: int, params: IdcParams, settings: Stage2Settings
+) -> tuple[np.ndarray, int]:
     """Grow the cluster ring by ring from its core; return (absorption order, number kept).
 
     Ring 1 is the s nearest items to the core; every later ring adds the s candidates of smallest
@@ -111,8 +131,7 @@ def _idc(distances: ClusterDistances, core_position: int, params: IdcParams,
         candidates = np.flatnonzero(~absorbed)
         if candidates.size == 0:
             break
-        density = _density(distances, candidates, np.concatenate(rings), params.n_neighbors,
-                           settings.density)
+        density = _density(distances, candidates, np.concatenate(rings), params.n_neighbors, settings.density)
         new = candidates[np.argsort(density, kind="stable")[:ring]]
         absorbed[new] = True
         rings.append(new)
@@ -124,32 +143,31 @@ def _idc(distances: ClusterDistances, core_position: int, params: IdcParams,
     return order, n_kept
 
 
-def _density(distances: ClusterDistances, candidates: np.ndarray, grown: np.ndarray,
-             n_neighbors: int, form: str) -> np.ndarray:
+def _density(
+    distances: ClusterDistances, candidates: np.ndarray, grown: np.ndarray, n_neighbors: int, form: str
+) -> np.ndarray:
     """Density distance of each candidate to the absorbed list ``grown`` (§4.2 / §4.3)."""
     k = min(n_neighbors, len(grown))
     density = np.empty(len(candidates), dtype=np.float64)
     step = rows_per_block(len(grown))
     for start in range(0, len(candidates), step):
-        rows = candidates[start:start + step]
+        rows = candidates[start : start + step]
         to_grown = distances.block(rows, grown)
         if form == "paper":
             nearest = np.partition(to_grown, k - 1, axis=1)[:, :k]
-            density[start:start + len(rows)] = nearest.mean(axis=1)
+            density[start : start + len(rows)] = nearest.mean(axis=1)
             continue
         # Code form: ranks (positions in the absorbed list) of the k nearest absorbed items, in
         # ascending distance order, then used as positions inside the cluster (the slip).
         ranks = np.argpartition(to_grown, k - 1, axis=1)[:, :k]
-        by_distance = np.argsort(np.take_along_axis(to_grown, ranks, axis=1), axis=1,
-                                 kind="stable")
+        by_distance = np.argsort(np.take_along_axis(to_grown, ranks, axis=1), axis=1, kind="stable")
         ranks = np.take_along_axis(ranks, by_distance, axis=1)
         at_positions = distances.block(rows, np.arange(len(grown)))
-        density[start:start + len(rows)] = np.take_along_axis(at_positions, ranks, axis=1).mean(1)
+        density[start : start + len(rows)] = np.take_along_axis(at_positions, ranks, axis=1).mean(1)
     return density
 
 
-def grow_from_seeds(distances: ClusterDistances, seeds: np.ndarray, params: IdcParams
-                    ) -> tuple[np.ndarray, int]:
+def grow_from_seeds(distances: ClusterDistances, seeds: np.ndarray, params: IdcParams) -> tuple[np.ndarray, int]:
     """IDC started from several known members (a class region's labeled items) instead of one core.
 
     The seeds are absorbed first; every ring then adds the s candidates of smallest density
@@ -168,4 +186,3 @@ def grow_from_seeds(distances: ClusterDistances, seeds: np.ndarray, params: IdcP
         absorbed[new] = True
         rings.append(new)
     return np.concatenate(rings), max(len(seeds), n - int(n * params.removal_ratio))
-

@@ -9,17 +9,20 @@ Every method takes what earlier rounds left: ``labels`` (one class index per ite
 unlabeled) and ``pending`` (items sent to annotators, not labeled yet). Those items are never
 picked; coverage methods continue from them as fixed anchors (see ``cores.core_pick_order``).
 """
+
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import fields, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from bilaf.errors import InvalidInputError
 from bilaf import defaults
+from bilaf.errors import InvalidInputError
+
 from ._validation import KnownItems, validate_inputs, validate_known
 from .boundary import BILAF, check_boundary_args, select_boundary_validated
 from .classes import class_regions_validated, select_class_boundary_validated
@@ -40,11 +43,13 @@ _SWITCH_OPTIONS = tuple(f.name for f in fields(Stage2Settings))
 def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
     """Decorator registering ``fn(features, budget, *, n_cores, core_method, seed, variant,
     labels, pending, **options) -> SelectionResult`` under ``name``."""
+
     def add(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY:
             raise InvalidInputError(f"selection method {name!r} is already registered")
         _REGISTRY[name] = fn
         return fn
+
     return add
 
 
@@ -52,9 +57,19 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def select(features: Any, budget: int, method: str = BILAF, *, n_cores: int | None = None,
-           core_method: str | None = None, seed: int = 0, variant: str = "default",
-           labels: Any = None, pending: Any = None, **options: Any) -> SelectionResult:
+def select(
+    features: Any,
+    budget: int,
+    method: str = BILAF,
+    *,
+    n_cores: int | None = None,
+    core_method: str | None = None,
+    seed: int = 0,
+    variant: str = "default",
+    labels: Any = None,
+    pending: Any = None,
+    **options: Any,
+) -> SelectionResult:
     """Run a whole selection method and return ``budget`` new picks with provenance.
 
     ``labels``/``pending``: what earlier rounds left (see the module docstring); the budget is
@@ -65,8 +80,17 @@ def select(features: Any, budget: int, method: str = BILAF, *, n_cores: int | No
     """
     if method not in _REGISTRY:
         raise InvalidInputError(f"method must be one of {list_methods()}; got {method!r}")
-    return _REGISTRY[method](features, budget, n_cores=n_cores, core_method=core_method,
-                             seed=seed, variant=variant, labels=labels, pending=pending, **options)
+    return _REGISTRY[method](
+        features,
+        budget,
+        n_cores=n_cores,
+        core_method=core_method,
+        seed=seed,
+        variant=variant,
+        labels=labels,
+        pending=pending,
+        **options,
+    )
 
 
 def default_n_cores(budget: int) -> int:
@@ -74,45 +98,65 @@ def default_n_cores(budget: int) -> int:
 
 
 @register_method(BILAF)
-def _bilaf(features: Any, budget: int, *, n_cores: int | None, core_method: str | None,
-           seed: int, variant: str, labels: Any, pending: Any, **options: Any) -> SelectionResult:
+def _bilaf(
+    features: Any,
+    budget: int,
+    *,
+    n_cores: int | None,
+    core_method: str | None,
+    seed: int,
+    variant: str,
+    labels: Any,
+    pending: Any,
+    **options: Any,
+) -> SelectionResult:
     core_method = core_method or "activeft"
     if n_cores is None and isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
         n_cores = default_n_cores(int(budget))
     penalty = options.pop("penalty", defaults.PENALTY)
-    settings = resolve_settings(variant, **{k: options.pop(k) for k in _SWITCH_OPTIONS
-                                            if k in options})
+    settings = resolve_settings(variant, **{k: options.pop(k) for k in _SWITCH_OPTIONS if k in options})
     idc = IdcParams(**{k: options.pop(k) for k in _IDC_OPTIONS if k in options})
     core_params = method_params(core_method, options)
     check_seed(seed)
     normalize = settings.normalize or uses_unit_vectors(core_method, settings.normalize)
     no_cores = isinstance(n_cores, numbers.Integral) and not isinstance(n_cores, bool) and n_cores == 0
-    matrix = validate_inputs(features, budget=budget, n_cores=None if no_cores else n_cores,
-                             normalize=normalize)
+    matrix = validate_inputs(features, budget=budget, n_cores=None if no_cores else n_cores, normalize=normalize)
     known = validate_known(labels, pending, len(matrix), budget)
     label_aware = known is not None and len(known.classes) >= 2
     if known is not None and variant == "repo":
-        raise InvalidInputError("variant 'repo' reproduces one-shot BiLAF as released; rounds with labels "
-                         "or pending items need variant 'default'")
+        raise InvalidInputError(
+            "variant 'repo' reproduces one-shot BiLAF as released; rounds with labels "
+            "or pending items need variant 'default'"
+        )
     if no_cores and not label_aware:
         raise InvalidInputError("n_cores must be positive (0 is allowed only once labels of 2+ classes exist)")
     check_boundary_args(2 if label_aware else int(n_cores), penalty)
     if label_aware:
-        cores = np.sort(core_pick_order(matrix, int(n_cores), core_method, seed, settings.normalize,
-                                        core_params, known)[0]) if n_cores else np.empty(0, np.int64)
+        cores = (
+            np.sort(core_pick_order(matrix, int(n_cores), core_method, seed, settings.normalize, core_params, known)[0])
+            if n_cores
+            else np.empty(0, np.int64)
+        )
         regions = class_regions_validated(matrix, known, cores, idc)
         result = select_class_boundary_validated(matrix, regions, int(budget), float(penalty))
         result.params.update(core_method=core_method, seed=seed)
         return result
-    order, core_info = core_pick_order(matrix, int(n_cores), core_method, seed,
-                                       settings.normalize, core_params, known)
+    order, core_info = core_pick_order(matrix, int(n_cores), core_method, seed, settings.normalize, core_params, known)
     result = _one_shot_bilaf(matrix, known, order, int(budget), penalty, settings, variant, idc)
     result.params.update(core_method=core_method, seed=seed, core_params=core_info)
     return result
 
 
-def _one_shot_bilaf(matrix: np.ndarray, known: KnownItems | None, cores: np.ndarray, budget: int,
-                    penalty: float, settings: Stage2Settings, variant: str, idc: IdcParams) -> SelectionResult:
+def _one_shot_bilaf(
+    matrix: np.ndarray,
+    known: KnownItems | None,
+    cores: np.ndarray,
+    budget: int,
+    penalty: float,
+    settings: Stage2Settings,
+    variant: str,
+    idc: IdcParams,
+) -> SelectionResult:
     """Stage 2 around ``cores``; with labeled or pending items (but too few classes to use),
     on the items left to pick from, so none of those is ever picked."""
     if known is None or not known.taken.any():
@@ -124,35 +168,60 @@ def _one_shot_bilaf(matrix: np.ndarray, known: KnownItems | None, cores: np.ndar
     sub = matrix[free]
     denoised = denoise_validated(sub, np.sort(position[cores]), variant, settings, idc)
     local = select_boundary_validated(sub, denoised, budget, penalty, settings, variant)
-    picks = tuple(replace(pick, index=int(free[pick.index]),
-                          rival_center=None if pick.rival_center is None else int(free[pick.rival_center]))
-                  for pick in local.picks)
+    picks = tuple(
+        replace(
+            pick,
+            index=int(free[pick.index]),
+            rival_center=None if pick.rival_center is None else int(free[pick.rival_center]),
+        )
+        for pick in local.picks
+    )
     clusters = tuple(replace(stats, core_index=int(free[stats.core_index])) for stats in local.clusters)
-    return SelectionResult(indices=[pick.index for pick in picks], picks=picks, clusters=clusters,
-                           method=local.method, variant=local.variant,
-                           params={**local.params, "labeled": len(known.labeled), "pending": len(known.pending)})
+    return SelectionResult(
+        indices=[pick.index for pick in picks],
+        picks=picks,
+        clusters=clusters,
+        method=local.method,
+        variant=local.variant,
+        params={**local.params, "labeled": len(known.labeled), "pending": len(known.pending)},
+    )
 
 
 def _one_stage_method(name: str) -> MethodFn:
-    def run(features: Any, budget: int, *, n_cores: int | None, core_method: str | None,
-            seed: int, variant: str, labels: Any, pending: Any, **options: Any) -> SelectionResult:
+    def run(
+        features: Any,
+        budget: int,
+        *,
+        n_cores: int | None,
+        core_method: str | None,
+        seed: int,
+        variant: str,
+        labels: Any,
+        pending: Any,
+        **options: Any,
+    ) -> SelectionResult:
         if n_cores is not None or core_method is not None:
-            raise InvalidInputError(f"n_cores and core_method apply to bilaf only; {name!r} picks all "
-                             "budget items itself")
+            raise InvalidInputError(
+                f"n_cores and core_method apply to bilaf only; {name!r} picks all budget items itself"
+            )
         settings = resolve_settings(variant)
         params = method_params(name, options)
         check_seed(seed)
-        matrix = validate_inputs(features, budget=budget,
-                                 normalize=uses_unit_vectors(name, settings.normalize))
+        matrix = validate_inputs(features, budget=budget, normalize=uses_unit_vectors(name, settings.normalize))
         known = validate_known(labels, pending, len(matrix), budget)
         order, info = core_pick_order(matrix, int(budget), name, seed, settings.normalize, params, known)
-        picks = tuple(Pick(rank=rank, index=int(item), role=name)
-                      for rank, item in enumerate(order))
+        picks = tuple(Pick(rank=rank, index=int(item), role=name) for rank, item in enumerate(order))
         if known is not None:
             info = {**info, "labeled": len(known.labeled), "pending": len(known.pending)}
-        return SelectionResult(indices=order, picks=picks, clusters=(), method=name,
-                               variant=variant,
-                               params={"budget": int(budget), "seed": seed, **info})
+        return SelectionResult(
+            indices=order,
+            picks=picks,
+            clusters=(),
+            method=name,
+            variant=variant,
+            params={"budget": int(budget), "seed": seed, **info},
+        )
+
     run.__doc__ = f"One-stage baseline {name!r}: all budget items picked by the core method."
     return run
 
@@ -162,15 +231,26 @@ for _name in CORE_METHODS:
 
 
 @register_method(MARGIN)
-def _margin(features: Any, budget: int, *, n_cores: int | None, core_method: str | None,
-            seed: int, variant: str, labels: Any, pending: Any, **options: Any) -> SelectionResult:
+def _margin(
+    features: Any,
+    budget: int,
+    *,
+    n_cores: int | None,
+    core_method: str | None,
+    seed: int,
+    variant: str,
+    labels: Any,
+    pending: Any,
+    **options: Any,
+) -> SelectionResult:
     """Margin sampling: the ``budget`` free items whose top-2 probe probabilities are closest.
 
     Needs labels of 2+ classes; deterministic (ties to the lower index), so ``seed`` is unused.
     """
     if n_cores is not None or core_method is not None or options:
-        raise InvalidInputError(f"margin sampling takes no n_cores, core_method or options; got "
-                         f"{sorted(options) or 'n_cores/core_method'}")
+        raise InvalidInputError(
+            f"margin sampling takes no n_cores, core_method or options; got {sorted(options) or 'n_cores/core_method'}"
+        )
     check_seed(seed)
     matrix = validate_inputs(features, budget=budget, normalize=True)
     known = validate_known(labels, pending, len(matrix), budget)
@@ -181,10 +261,23 @@ def _margin(features: Any, budget: int, *, n_cores: int | None, core_method: str
     top_two = np.argsort(-probabilities, axis=1, kind="stable")[:, :2]
     best = np.take_along_axis(probabilities, top_two, axis=1)
     margins = best[:, 0] - best[:, 1]
-    order = np.lexsort((free, margins))[:int(budget)]
-    picks = tuple(Pick(rank=rank, index=int(free[row]), role=MARGIN, margin=float(margins[row]),
-                       predicted_class=int(classes[top_two[row, 0]]), rival_class=int(classes[top_two[row, 1]]))
-                  for rank, row in enumerate(order))
-    return SelectionResult(indices=[pick.index for pick in picks], picks=picks, clusters=(), method=MARGIN,
-                           variant=variant, params={"budget": int(budget), "labeled": len(known.labeled),
-                                                    "pending": len(known.pending)})
+    order = np.lexsort((free, margins))[: int(budget)]
+    picks = tuple(
+        Pick(
+            rank=rank,
+            index=int(free[row]),
+            role=MARGIN,
+            margin=float(margins[row]),
+            predicted_class=int(classes[top_two[row, 0]]),
+            rival_class=int(classes[top_two[row, 1]]),
+        )
+        for rank, row in enumerate(order)
+    )
+    return SelectionResult(
+        indices=[pick.index for pick in picks],
+        picks=picks,
+        clusters=(),
+        method=MARGIN,
+        variant=variant,
+        params={"budget": int(budget), "labeled": len(known.labeled), "pending": len(known.pending)},
+    )

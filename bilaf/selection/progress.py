@@ -6,6 +6,7 @@ listener (the Dagster layer writes a few of them to the run log). Values noted o
 ActiveFT's loss, show in the bar and travel with the event. Reporting only reads what the loop
 computed anyway: a result never depends on whether anyone listens.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator

@@ -4,6 +4,7 @@ Every result is a frozen dataclass whose ``to_dict()`` holds only JSON-safe valu
 floats, str, bool, None) and whose ``from_dict()`` rebuilds an equal object. Arrays are stored
 read-only so a result cannot be changed after it is made.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,13 +40,11 @@ class CoreSelection:
         return len(self.indices)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"indices": self.indices.tolist(), "method": self.method, "seed": self.seed,
-                "params": self.params}
+        return {"indices": self.indices.tolist(), "method": self.method, "seed": self.seed, "params": self.params}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CoreSelection:
-        return cls(indices=data["indices"], method=data["method"], seed=data["seed"],
-                   params=data["params"])
+        return cls(indices=data["indices"], method=data["method"], seed=data["seed"], params=data["params"])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CoreSelection) and self.to_dict() == other.to_dict()
@@ -62,8 +61,13 @@ class ClusterStats:
     budget: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cluster": self.cluster, "core_index": self.core_index, "size": self.size,
-                "denoised_size": self.denoised_size, "budget": self.budget}
+        return {
+            "cluster": self.cluster,
+            "core_index": self.core_index,
+            "size": self.size,
+            "denoised_size": self.denoised_size,
+            "budget": self.budget,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClusterStats:
@@ -107,18 +111,28 @@ class DenoisedPool:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "cores": self.cores.tolist(), "assignment": self.assignment.tolist(),
-            "kept": self.kept.tolist(), "absorption_rank": self.absorption_rank.tolist(),
-            "normalized": self.normalized, "variant": self.variant, "params": self.params,
+            "cores": self.cores.tolist(),
+            "assignment": self.assignment.tolist(),
+            "kept": self.kept.tolist(),
+            "absorption_rank": self.absorption_rank.tolist(),
+            "normalized": self.normalized,
+            "variant": self.variant,
+            "params": self.params,
             "clusters": [stats.to_dict() for stats in self.clusters],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DenoisedPool:
-        return cls(cores=data["cores"], assignment=data["assignment"], kept=data["kept"],
-                   absorption_rank=data["absorption_rank"], normalized=data["normalized"],
-                   variant=data["variant"], params=data["params"],
-                   clusters=tuple(ClusterStats.from_dict(c) for c in data["clusters"]))
+        return cls(
+            cores=data["cores"],
+            assignment=data["assignment"],
+            kept=data["kept"],
+            absorption_rank=data["absorption_rank"],
+            normalized=data["normalized"],
+            variant=data["variant"],
+            params=data["params"],
+            clusters=tuple(ClusterStats.from_dict(c) for c in data["clusters"]),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DenoisedPool) and self.to_dict() == other.to_dict()
@@ -136,8 +150,13 @@ class ClassStats:
     budget: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class_id": self.class_id, "size": self.size, "denoised_size": self.denoised_size,
-                "labeled": self.labeled, "budget": self.budget}
+        return {
+            "class_id": self.class_id,
+            "size": self.size,
+            "denoised_size": self.denoised_size,
+            "labeled": self.labeled,
+            "budget": self.budget,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassStats:
@@ -175,8 +194,18 @@ class Pick:
         return cls(**data)
 
 
-RECORD_FIELDS = ("rank", "index", "role", "cluster", "boundary_score", "rival_center",
-                 "penalty_factor", "predicted_class", "rival_class", "margin")
+RECORD_FIELDS = (
+    "rank",
+    "index",
+    "role",
+    "cluster",
+    "boundary_score",
+    "rival_center",
+    "penalty_factor",
+    "predicted_class",
+    "rival_class",
+    "margin",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,17 +255,27 @@ class SelectionResult:
         return [pick.to_dict() for pick in self.picks]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"indices": self.indices.tolist(), "picks": self.to_records(),
-                "clusters": [stats.to_dict() for stats in self.clusters],
-                "classes": [stats.to_dict() for stats in self.classes], "method": self.method,
-                "variant": self.variant, "params": self.params}
+        return {
+            "indices": self.indices.tolist(),
+            "picks": self.to_records(),
+            "clusters": [stats.to_dict() for stats in self.clusters],
+            "classes": [stats.to_dict() for stats in self.classes],
+            "method": self.method,
+            "variant": self.variant,
+            "params": self.params,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SelectionResult:
-        return cls(indices=data["indices"], picks=tuple(Pick.from_dict(p) for p in data["picks"]),
-                   clusters=tuple(ClusterStats.from_dict(c) for c in data["clusters"]),
-                   classes=tuple(ClassStats.from_dict(c) for c in data.get("classes", ())),
-                   method=data["method"], variant=data["variant"], params=data["params"])
+        return cls(
+            indices=data["indices"],
+            picks=tuple(Pick.from_dict(p) for p in data["picks"]),
+            clusters=tuple(ClusterStats.from_dict(c) for c in data["clusters"]),
+            classes=tuple(ClassStats.from_dict(c) for c in data.get("classes", ())),
+            method=data["method"],
+            variant=data["variant"],
+            params=data["params"],
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SelectionResult) and self.to_dict() == other.to_dict()
@@ -263,8 +302,14 @@ class ClassRegions:
     classes: tuple[ClassStats, ...]
 
     def __post_init__(self) -> None:
-        for name, dtype in (("labels", np.int64), ("pending", np.int64), ("cores", np.int64),
-                            ("assignment", np.int64), ("kept", bool), ("absorption_rank", np.int64)):
+        for name, dtype in (
+            ("labels", np.int64),
+            ("pending", np.int64),
+            ("cores", np.int64),
+            ("assignment", np.int64),
+            ("kept", bool),
+            ("absorption_rank", np.int64),
+        ):
             object.__setattr__(self, name, _frozen_array(getattr(self, name), dtype))
         object.__setattr__(self, "classes", tuple(self.classes))
 
@@ -281,17 +326,29 @@ class ClassRegions:
         return mask
 
     def to_dict(self) -> dict[str, Any]:
-        return {"labels": self.labels.tolist(), "pending": self.pending.tolist(),
-                "cores": self.cores.tolist(), "assignment": self.assignment.tolist(),
-                "kept": self.kept.tolist(), "absorption_rank": self.absorption_rank.tolist(),
-                "params": self.params, "classes": [stats.to_dict() for stats in self.classes]}
+        return {
+            "labels": self.labels.tolist(),
+            "pending": self.pending.tolist(),
+            "cores": self.cores.tolist(),
+            "assignment": self.assignment.tolist(),
+            "kept": self.kept.tolist(),
+            "absorption_rank": self.absorption_rank.tolist(),
+            "params": self.params,
+            "classes": [stats.to_dict() for stats in self.classes],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassRegions:
-        return cls(labels=data["labels"], pending=data["pending"], cores=data["cores"],
-                   assignment=data["assignment"], kept=data["kept"],
-                   absorption_rank=data["absorption_rank"], params=data["params"],
-                   classes=tuple(ClassStats.from_dict(c) for c in data["classes"]))
+        return cls(
+            labels=data["labels"],
+            pending=data["pending"],
+            cores=data["cores"],
+            assignment=data["assignment"],
+            kept=data["kept"],
+            absorption_rank=data["absorption_rank"],
+            params=data["params"],
+            classes=tuple(ClassStats.from_dict(c) for c in data["classes"]),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ClassRegions) and self.to_dict() == other.to_dict()

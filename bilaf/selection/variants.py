@@ -3,6 +3,7 @@
 Each switch names one paper-vs-code disagreement of ALGORITHM.md §9; a variant is a preset of
 all switches, and every stage function accepts overrides of single switches.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -45,9 +46,12 @@ class Stage2Settings:
     intra_distance: str
 
     def __post_init__(self) -> None:
-        for name, allowed in (("density", DENSITY_FORMS), ("budget_rule", BUDGET_RULES),
-                              ("penalty_scope", PENALTY_SCOPES),
-                              ("intra_distance", INTRA_DISTANCES)):
+        for name, allowed in (
+            ("density", DENSITY_FORMS),
+            ("budget_rule", BUDGET_RULES),
+            ("penalty_scope", PENALTY_SCOPES),
+            ("intra_distance", INTRA_DISTANCES),
+        ):
             if getattr(self, name) not in allowed:
                 raise InvalidInputError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
 
@@ -56,12 +60,24 @@ class Stage2Settings:
 
 
 VARIANTS: dict[str, Stage2Settings] = {
-    "default": Stage2Settings(normalize=True, exact=False, density="paper", absorb_remainder=True,
-                              budget_rule="largest_remainder", penalty_scope="all",
-                              intra_distance="remaining"),
-    "repo": Stage2Settings(normalize=False, exact=True, density="repo", absorb_remainder=False,
-                           budget_rule="repo", penalty_scope="nearest",
-                           intra_distance="denoised"),
+    "default": Stage2Settings(
+        normalize=True,
+        exact=False,
+        density="paper",
+        absorb_remainder=True,
+        budget_rule="largest_remainder",
+        penalty_scope="all",
+        intra_distance="remaining",
+    ),
+    "repo": Stage2Settings(
+        normalize=False,
+        exact=True,
+        density="repo",
+        absorb_remainder=False,
+        budget_rule="repo",
+        penalty_scope="nearest",
+        intra_distance="denoised",
+    ),
 }
 
 

@@ -45,9 +45,7 @@ def train_transform(
         raise InvalidInputError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
     return T.Compose(
         [
-            T.RandomResizedCrop(
-                image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC
-            ),
+            T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(0.5),
             T.ToTensor(),
             T.Normalize(mean, std),
@@ -95,8 +93,7 @@ class ImageListDataset(Dataset):
             labels = np.asarray(labels)
             if labels.shape != (len(self.image_paths),):
                 raise InvalidInputError(
-                    f"labels must be one integer per image: got shape {labels.shape} "
-                    f"for {len(self.image_paths)} images"
+                    f"labels must be one integer per image: got shape {labels.shape} for {len(self.image_paths)} images"
                 )
             if not np.issubdtype(labels.dtype, np.integer):
                 raise InvalidInputError(f"labels must be integer class indices, got dtype {labels.dtype}")

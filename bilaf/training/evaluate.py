@@ -20,10 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from bilaf.errors import InvalidInputError
 from bilaf import defaults
-from bilaf.training.data import ImageListDataset, Transform
+from bilaf.errors import InvalidInputError
 from bilaf.features.backbones import resolve_device
+from bilaf.training.data import ImageListDataset, Transform
 
 __all__ = [
     "ClassificationMetrics",
@@ -59,9 +59,7 @@ def classification_metrics(
     true_labels = _as_label_array(true_labels, "true_labels")
     predicted_labels = _as_label_array(predicted_labels, "predicted_labels")
     if true_labels.shape != predicted_labels.shape:
-        raise InvalidInputError(
-            f"got {true_labels.size} true labels but {predicted_labels.size} predictions"
-        )
+        raise InvalidInputError(f"got {true_labels.size} true labels but {predicted_labels.size} predictions")
     if true_labels.size == 0:
         raise InvalidInputError("no labels to evaluate")
     top = max(int(true_labels.max()), int(predicted_labels.max()))
@@ -181,8 +179,7 @@ def _check_features(
         arrays.append(features)
     if arrays[0].shape[1] != arrays[1].shape[1]:
         raise InvalidInputError(
-            f"train and test features differ in dimension: {arrays[0].shape[1]} vs "
-            f"{arrays[1].shape[1]}"
+            f"train and test features differ in dimension: {arrays[0].shape[1]} vs {arrays[1].shape[1]}"
         )
     if np.unique(train_labels).size < 2:
         raise InvalidInputError("train_labels hold a single class; a classifier needs at least two")
@@ -190,9 +187,7 @@ def _check_features(
     num_classes = needed if num_classes is None else num_classes
     if needed > num_classes:
         raise InvalidInputError(f"label {needed - 1} is out of range for num_classes={num_classes}")
-    train_unit, test_unit = (
-        a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in arrays
-    )
+    train_unit, test_unit = (a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in arrays)
     return train_unit, train_labels, test_unit, test_labels, num_classes
 
 

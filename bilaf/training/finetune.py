@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from bilaf.errors import InvalidInputError
 from bilaf import defaults
+from bilaf.errors import InvalidInputError
 from bilaf.features.backbones import resolve_device
 from bilaf.training.data import ImageListDataset, train_transform
 
@@ -81,13 +81,9 @@ class FinetuneConfig:
         if self.batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.warmup_epochs < self.epochs:
-            raise InvalidInputError(
-                f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"
-            )
+            raise InvalidInputError(f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
         if not 0 < self.min_lr <= self.learning_rate:
-            raise InvalidInputError(
-                f"need 0 < min_lr <= learning_rate, got {self.min_lr} and {self.learning_rate}"
-            )
+            raise InvalidInputError(f"need 0 < min_lr <= learning_rate, got {self.min_lr} and {self.learning_rate}")
         if not 0 < self.warmup_lr <= self.learning_rate:
             raise InvalidInputError(
                 f"need 0 < warmup_lr <= learning_rate, got {self.warmup_lr} and {self.learning_rate}"
@@ -166,9 +162,7 @@ def set_drop_path_rate(model: nn.Module, rate: float) -> int:
         if names:
             blocks.append((module, names))
     if rate > 0 and not blocks:
-        raise InvalidInputError(
-            f"{type(model).__name__} has no drop_path slots; use drop_path_rate=0 for this model"
-        )
+        raise InvalidInputError(f"{type(model).__name__} has no drop_path slots; use drop_path_rate=0 for this model")
     for i, (block, names) in enumerate(blocks):
         block_rate = rate * i / len(blocks)
         for name in names:
@@ -304,8 +298,6 @@ def finetune(
                 images_per_second=seen / elapsed,
             )
             history.append(stats)
-            epochs.set_postfix(
-                loss=f"{stats.loss:.3f}", lr=f"{stats.lr:.2e}", img_s=f"{stats.images_per_second:.0f}"
-            )
+            epochs.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{stats.lr:.2e}", img_s=f"{stats.images_per_second:.0f}")
     model.eval()
     return FinetuneResult(model=model, history=history)

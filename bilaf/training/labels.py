@@ -102,9 +102,7 @@ def validate_labeled_selection(
     else:
         aligned = list(labels)
         if len(aligned) != len(ids):
-            raise InvalidInputError(
-                f"labels must be aligned with ids: got {len(aligned)} labels for {len(ids)} ids"
-            )
+            raise InvalidInputError(f"labels must be aligned with ids: got {len(aligned)} labels for {len(ids)} ids")
     missing = [item_id for item_id, label in zip(ids, aligned) if _is_missing(label)]
     if missing:
         raise InvalidInputError(

@@ -1,4 +1,5 @@
 """`bilaf` command line: one sub-command per pipeline stage, shared by DVC stages and users."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,15 +1,16 @@
 """`bilaf stage NAME` (one stage, as DVC runs it), `bilaf run` (observe, then materialize what
 changed), `bilaf rounds` (every round so far), `bilaf explain ID` (why an image was picked, or not, in
 every round, verified against its records) and `bilaf reproduce RUN` (re-run a recorded selection)."""
+
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
-from bilaf.errors import InvalidInputError
 from bilaf.artifacts import remove_leftovers
 from bilaf.choices import STAGES
+from bilaf.errors import InvalidInputError
 from bilaf.lock import project_lock
 
 
@@ -19,8 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stage.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     stage.set_defaults(handler=_stage)
 
-    run = subparsers.add_parser("run", help="materialize, through Dagster, every stage that is missing or stale "
-                                            "(a new annotation round when new images or labels arrived)")
+    run = subparsers.add_parser(
+        "run",
+        help="materialize, through Dagster, every stage that is missing or stale "
+        "(a new annotation round when new images or labels arrived)",
+    )
     run.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     run.set_defaults(handler=_run)
 
@@ -29,19 +33,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=_rounds)
 
     explain = subparsers.add_parser(
-        "explain", help="why an image was picked (or not) in every round: data, labels, backbone, params, code, runs",
+        "explain",
+        help="why an image was picked (or not) in every round: data, labels, backbone, params, code, runs",
         description="Every selection version that picked the item, with its exact inputs, each read from the MLflow "
-                    "run that recorded it and verified (artifact hashes, parameters, Dagster run, DVC version).")
+        "run that recorded it and verified (artifact hashes, parameters, Dagster run, DVC version).",
+    )
     explain.add_argument("id", help="the item id (content hash), as in data/manifest.csv")
     explain.add_argument("--json", action="store_true", help="print the whole record as JSON")
     explain.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     explain.set_defaults(handler=_explain)
 
     reproduce = subparsers.add_parser(
-        "reproduce", help="re-run a recorded selection from its recorded inputs and compare the picks",
+        "reproduce",
+        help="re-run a recorded selection from its recorded inputs and compare the picks",
         description="RUN is the MLflow run id of a boundary_set materialization (see `bilaf explain`). Its inputs "
-                    "are restored from DVC at their recorded versions into a scratch folder and the selection "
-                    "stages run there with today's code.")
+        "are restored from DVC at their recorded versions into a scratch folder and the selection "
+        "stages run there with today's code.",
+    )
     reproduce.add_argument("run_id", metavar="RUN")
     reproduce.add_argument("--scratch", type=Path, default=None, help="where to re-run (default: a new temp folder)")
     reproduce.add_argument("--json", action="store_true")
@@ -75,19 +83,40 @@ def _explain(args: argparse.Namespace) -> int:
         return 0
     for pick in report["picked"]:
         inputs = pick["inputs"]
-        how = (f"cluster of core {pick['cluster_core']}" if pick["cluster_core"] else
-               f"class {pick['predicted_class']}" if pick["predicted_class"] else pick["role"])
-        score = ", ".join(f"{name} {pick[name]:.4f}" for name in ("boundary_score", "penalty_factor", "margin")
-                          if pick[name] is not None)
-        rival = f", rival {pick['rival_core'] or pick['rival_class']}" if pick["rival_core"] or pick["rival_class"] else ""
-        print(f"round {pick['round']} ({pick['date']}): {pick['role']} pick, rank {pick['rank']}, {how}{rival}"
-              + (f"; {score}" if score else ""))
-        print(f"  pool {inputs['pool_version']} (dvc {inputs['pool_dvc_md5']}), labels {inputs['labels_version']}, "
-              f"{inputs['labeled_before']} labeled and {inputs['pending_before']} pending before")
-        print(f"  backbone {inputs['backbone']['backbone']} weights sha256 {inputs['backbone']['weights_sha256'][:16]}..,"
-              f" code {inputs['code_version']}, git {inputs['git_commit'][:12]} ({inputs['git_code_diff'][:12]})")
-        print("  parameters: " + "; ".join(f"{section} " + ", ".join(f"{k}={v}" for k, v in values.items())
-                                            for section, values in inputs["parameters"].items()))
+        how = (
+            f"cluster of core {pick['cluster_core']}"
+            if pick["cluster_core"]
+            else f"class {pick['predicted_class']}"
+            if pick["predicted_class"]
+            else pick["role"]
+        )
+        score = ", ".join(
+            f"{name} {pick[name]:.4f}"
+            for name in ("boundary_score", "penalty_factor", "margin")
+            if pick[name] is not None
+        )
+        rival = (
+            f", rival {pick['rival_core'] or pick['rival_class']}" if pick["rival_core"] or pick["rival_class"] else ""
+        )
+        print(
+            f"round {pick['round']} ({pick['date']}): {pick['role']} pick, rank {pick['rank']}, {how}{rival}"
+            + (f"; {score}" if score else "")
+        )
+        print(
+            f"  pool {inputs['pool_version']} (dvc {inputs['pool_dvc_md5']}), labels {inputs['labels_version']}, "
+            f"{inputs['labeled_before']} labeled and {inputs['pending_before']} pending before"
+        )
+        print(
+            f"  backbone {inputs['backbone']['backbone']} weights sha256 {inputs['backbone']['weights_sha256'][:16]}..,"
+            f" code {inputs['code_version']}, git {inputs['git_commit'][:12]} ({inputs['git_code_diff'][:12]})"
+        )
+        print(
+            "  parameters: "
+            + "; ".join(
+                f"{section} " + ", ".join(f"{k}={v}" for k, v in values.items())
+                for section, values in inputs["parameters"].items()
+            )
+        )
         print(f"  Dagster run {inputs['dagster_run_id']}, MLflow run {inputs['mlflow_run_id']} (verified)")
     for entry in report.get("not_picked", []):
         print(f"round {entry['round']}: not picked: {entry['why']} (MLflow run {entry['mlflow_run_id']})")
@@ -106,10 +135,15 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         verdict = "identical" if report["identical"] else f"{report['picks_differing']} of {report['picks']} differ"
-        code = " (the code changed since: " + f"{report['recorded_code_version']} -> {report['current_code_version']})" \
-            if report["code_changed"] else ""
-        print(f"round {report['round']}, MLflow run {args.run_id}: re-run in {report['scratch']}: "
-              f"{report['picks']} picks, {verdict}{code}")
+        code = (
+            " (the code changed since: " + f"{report['recorded_code_version']} -> {report['current_code_version']})"
+            if report["code_changed"]
+            else ""
+        )
+        print(
+            f"round {report['round']}, MLflow run {args.run_id}: re-run in {report['scratch']}: "
+            f"{report['picks']} picks, {verdict}{code}"
+        )
     return 0 if report["identical"] else 1
 
 
@@ -120,15 +154,19 @@ def _rounds(args: argparse.Namespace) -> int:
     paths = ProjectPaths(args.project.resolve())
     ledger = Ledger.load(paths.root)
     for entry in ledger.frozen:
-        print(f"round {entry['round']}: frozen, {entry['items']} items sent "
-              f"(pool {entry['inputs']['pool_version']}, labels {entry['inputs']['labels_version']})")
+        print(
+            f"round {entry['round']}: frozen, {entry['items']} items sent "
+            f"(pool {entry['inputs']['pool_version']}, labels {entry['inputs']['labels_version']})"
+        )
     issued = issued_batch(paths.root)
     state = paths.output("round") / "open.json"
     if state.is_file():
         known = RoundKnowledge.load(paths)
         batch = "its batch is issued" if issued and int(issued["round"]) == known.round else "no batch yet"
-        print(f"round {known.round}: open, {batch}; {len(known.labeled)} items labeled and "
-              f"{len(known.pending)} pending from earlier rounds")
+        print(
+            f"round {known.round}: open, {batch}; {len(known.labeled)} items labeled and "
+            f"{len(known.pending)} pending from earlier rounds"
+        )
     else:
         print("no round yet: run the pipeline (`bilaf run`)")
     return 0
@@ -138,10 +176,10 @@ def _run(args: argparse.Namespace) -> int:
     import dagster as dg
     from mlflow.exceptions import MlflowException
 
+    from bilaf.stages import check_budget
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
     from dagster_project.defs.tracking import close_abandoned_runs, process_tags
-    from bilaf.stages import check_budget
 
     root = args.project.resolve()
     project_dagster_home(root)
@@ -156,8 +194,10 @@ def _run(args: argparse.Namespace) -> int:
             print(line)
         running = refresh_in_flight(instance)
         if running is not None:
-            raise InvalidInputError(f"Dagster run {running.dagster_run.run_id} of this project is "
-                             f"{running.dagster_run.status.value}: wait for it (Dagster UI: `make ui`)")
+            raise InvalidInputError(
+                f"Dagster run {running.dagster_run.run_id} of this project is "
+                f"{running.dagster_run.status.value}: wait for it (Dagster UI: `make ui`)"
+            )
         plan = plan_refresh(instance, project.paths, params)
         if not plan:
             print("Everything is up to date: params.yaml, the pool, the labels and the code are unchanged.")
@@ -168,44 +208,53 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {stage}: {plan.reasons[stage]}")
         started = time.perf_counter()
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, asset_selection=plan.asset_keys, raise_on_error=False,
+            instance=instance,
+            asset_selection=plan.asset_keys,
+            raise_on_error=False,
             tags={"bilaf/trigger": "cli", "bilaf/round": str(round_number), **process_tags()},
         )
         try:
             defs.resources["mlflow"].finish_dagster_run(result.run_id, result.success)
         except MlflowException as error:  # the store may be what failed the run
-            print(f"MLflow store unreachable ({str(error).splitlines()[0]}): the MLflow runs of {result.run_id} "
-                  "stay open until the next run ends them.")
+            print(
+                f"MLflow store unreachable ({str(error).splitlines()[0]}): the MLflow runs of {result.run_id} "
+                "stay open until the next run ends them."
+            )
         elapsed = time.perf_counter() - started
     if not result.success:
         print(f"Run {result.run_id} failed after {elapsed:.0f} s:\n" + "\n".join(_failures(result)))
         return 1
-    print(f"Run {result.run_id} succeeded in {elapsed:.0f} s. " + _summary(project.paths)
-          + " Dagster UI: `make ui`; MLflow: `make mlflow-ui`.")
+    print(
+        f"Run {result.run_id} succeeded in {elapsed:.0f} s. "
+        + _summary(project.paths)
+        + " Dagster UI: `make ui`; MLflow: `make mlflow-ui`."
+    )
     return 0
 
 
 def _summary(paths) -> str:
     """One line on the round the run left: batch, labels, model."""
     from bilaf import artifacts
-    from bilaf.stages import RoundKnowledge
-
-    from bilaf.stages import pool_unreadable
+    from bilaf.stages import RoundKnowledge, pool_unreadable
 
     known = RoundKnowledge.load(paths)
     parts = [f"Round {known.round}: {len(known.labeled)} labeled, {len(known.pending)} pending."]
     unreadable = pool_unreadable(paths)
     if unreadable:
-        parts.append(f"{len(unreadable)} unreadable file(s) skipped in the pool, e.g. {unreadable[0]['origin']}: "
-                     f"{unreadable[0]['reason']} (all in data/pool_report.json).")
+        parts.append(
+            f"{len(unreadable)} unreadable file(s) skipped in the pool, e.g. {unreadable[0]['origin']}: "
+            f"{unreadable[0]['reason']} (all in data/pool_report.json)."
+        )
     metrics = paths.output("evaluation") / "metrics.json"
     model = artifacts.read_json(paths.output("finetuned_model") / "round.json")
     if not model.get("trained"):
         parts.append(f"No model yet: waiting for {model.get('waiting_for')}.")
     elif metrics.is_file():
         scores = artifacts.read_json(metrics)
-        parts.append(f"Test top-1: finetuned {scores['finetuned']['top1']:.3f}, linear probe "
-                     f"{scores['linear_probe']['top1']:.3f}, kNN {scores['knn']['top1']:.3f}.")
+        parts.append(
+            f"Test top-1: finetuned {scores['finetuned']['top1']:.3f}, linear probe "
+            f"{scores['linear_probe']['top1']:.3f}, kNN {scores['knn']['top1']:.3f}."
+        )
     return " ".join(parts)
 
 
@@ -221,4 +270,3 @@ def _failures(result) -> list[str]:
         reason = error.message.strip() if error is not None else event.message
         lines.append(f"  {event.step_key}: {reason}")
     return lines or [event.message for event in result.all_events if event.is_failure][-3:]
-

@@ -20,10 +20,19 @@ from pathlib import Path
 import dagster as dg
 
 from bilaf.config import Params
+from bilaf.stages import (
+    SOURCE_PATHS,
+    STAGES,
+    StageOutcome,
+    StageSpec,
+    imported_labels,
+    labels_version,
+    lineage_params,
+    run_stage,
+    sync_configured_pool,
+)
 from dagster_project.defs.resources import DvcResource, ProjectResource
 from dagster_project.defs.tracking import MlflowResource
-from bilaf.stages import (SOURCE_PATHS, STAGES, StageOutcome, StageSpec, imported_labels, labels_version,
-                                    lineage_params, run_stage, sync_configured_pool)
 
 PARAMS_GROUP = "parameters"
 SOURCES_GROUP = "sources"
@@ -35,8 +44,9 @@ POOL_KEY = dg.AssetKey("pool")
 LABELS_KEY = dg.AssetKey("labels")
 # Observable sources are how Dagster versions external data; its beta notice would print once per
 # source on every command, burying what the run says.
-warnings.filterwarnings("ignore", message="Function `observable_source_asset` is currently in beta",
-                        category=dg.BetaWarning)
+warnings.filterwarnings(
+    "ignore", message="Function `observable_source_asset` is currently in beta", category=dg.BetaWarning
+)
 
 
 def params_key(section: str) -> dg.AssetKey:
@@ -48,25 +58,31 @@ def source_key(source: str) -> dg.AssetKey:
 
 
 def _params_source(section: str) -> dg.SourceAsset:
-    @dg.observable_source_asset(key=params_key(section), group_name=PARAMS_GROUP,
-                                description=f"The `{section}` section of params.yaml.")
+    @dg.observable_source_asset(
+        key=params_key(section), group_name=PARAMS_GROUP, description=f"The `{section}` section of params.yaml."
+    )
     def _observe(project: ProjectResource) -> dg.ObserveResult:
         params = project.params()  # validates the whole file: bad values fail here, before compute
         values = {key: "null" if value is None else value for key, value in params.section(section).items()}
-        return dg.ObserveResult(data_version=dg.DataVersion(params.section_hash(section)),
-                                metadata={key: dg.MetadataValue.text(str(value)) for key, value in values.items()})
+        return dg.ObserveResult(
+            data_version=dg.DataVersion(params.section_hash(section)),
+            metadata={key: dg.MetadataValue.text(str(value)) for key, value in values.items()},
+        )
 
     return _observe
 
 
-@dg.observable_source_asset(key=POOL_KEY, group_name=SOURCES_GROUP,
-                            description="The image pool (data/): the configured source synced in, plus every "
-                                        "folder `bilaf ingest` added. Only grows; versioned by content.")
-def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource,
-                mlflow: MlflowResource) -> dg.ObserveResult:
-    from dagster_project.defs.planning import configured_source_fingerprint
-
+@dg.observable_source_asset(
+    key=POOL_KEY,
+    group_name=SOURCES_GROUP,
+    description="The image pool (data/): the configured source synced in, plus every "
+    "folder `bilaf ingest` added. Only grows; versioned by content.",
+)
+def pool_source(
+    context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow: MlflowResource
+) -> dg.ObserveResult:
     from bilaf.features import read_manifest
+    from dagster_project.defs.planning import configured_source_fingerprint
 
     params = project.params()
     provenance, diff = code_provenance(project.paths.root)
@@ -76,30 +92,44 @@ def pool_source(context: dg.AssetExecutionContext, project: ProjectResource, dvc
         dvc_hash = dvc.track_source(SOURCE_PATHS["pool"])
         tracked.set_tags({"data_version": dvc_hash, "pool_version": report.version})
         tracked.log_params(params.section("data"), prefix="data.")
-        tracked.log_metrics({"items": sum(report.items.values()), "added": report.num_added,
-                             "duplicates": len(report.duplicates), "unreadable": len(report.unreadable),
-                             "ignored": len(report.ignored)})
+        tracked.log_metrics(
+            {
+                "items": sum(report.items.values()),
+                "added": report.num_added,
+                "duplicates": len(report.duplicates),
+                "unreadable": len(report.unreadable),
+                "ignored": len(report.ignored),
+            }
+        )
         tracked.log_artifact(project.paths.data / "pool_report.json")
         tracked.log_artifact(project.paths.data / "manifest.csv")
         tracked.log_pool(read_manifest(project.paths.data), report.version, project.paths.data)
     if report.unreadable:
-        context.log.warning(f"{len(report.unreadable)} unreadable file(s) skipped, e.g. "
-                            + "; ".join(f"{u['origin']}: {u['reason']}" for u in report.unreadable[:3]))
+        context.log.warning(
+            f"{len(report.unreadable)} unreadable file(s) skipped, e.g. "
+            + "; ".join(f"{u['origin']}: {u['reason']}" for u in report.unreadable[:3])
+        )
     return dg.ObserveResult(
         data_version=dg.DataVersion(report.version),
-        metadata={"items": dg.MetadataValue.int(sum(report.items.values())),
-                  **{f"{split}_items": dg.MetadataValue.int(count) for split, count in report.items.items()},
-                  "added": dg.MetadataValue.int(report.num_added),
-                  "duplicates": dg.MetadataValue.int(len(report.duplicates)),
-                  "unreadable": dg.MetadataValue.int(len(report.unreadable)),
-                  "ignored": dg.MetadataValue.int(len(report.ignored)),
-                  "dvc_md5": dg.MetadataValue.text(dvc_hash),
-                  SOURCE_FINGERPRINT: dg.MetadataValue.text(configured_source_fingerprint(params.data))})
+        metadata={
+            "items": dg.MetadataValue.int(sum(report.items.values())),
+            **{f"{split}_items": dg.MetadataValue.int(count) for split, count in report.items.items()},
+            "added": dg.MetadataValue.int(report.num_added),
+            "duplicates": dg.MetadataValue.int(len(report.duplicates)),
+            "unreadable": dg.MetadataValue.int(len(report.unreadable)),
+            "ignored": dg.MetadataValue.int(len(report.ignored)),
+            "dvc_md5": dg.MetadataValue.text(dvc_hash),
+            SOURCE_FINGERPRINT: dg.MetadataValue.text(configured_source_fingerprint(params.data)),
+        },
+    )
 
 
-@dg.observable_source_asset(key=LABELS_KEY, group_name=SOURCES_GROUP,
-                            description="The annotators' labels (labels/, one file per round plus the merged "
-                                        "view), written by `bilaf labels import`; versioned by content.")
+@dg.observable_source_asset(
+    key=LABELS_KEY,
+    group_name=SOURCES_GROUP,
+    description="The annotators' labels (labels/, one file per round plus the merged "
+    "view), written by `bilaf labels import`; versioned by content.",
+)
 def labels_source(project: ProjectResource, dvc: DvcResource) -> dg.ObserveResult:
     from bilaf.annotation import ensure_store
     from bilaf.features import read_manifest
@@ -110,31 +140,48 @@ def labels_source(project: ProjectResource, dvc: DvcResource) -> dg.ObserveResul
         imported_labels(project.paths, read_manifest(project.paths.data))  # a broken edit fails here, named
     version = labels_version(project.paths, params)
     dvc_hash = dvc.track_source(SOURCE_PATHS["labels"])
-    return dg.ObserveResult(data_version=dg.DataVersion(version),
-                            metadata={"mode": dg.MetadataValue.text(params.annotation.labels),
-                                      "dvc_md5": dg.MetadataValue.text(dvc_hash)})
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(version),
+        metadata={"mode": dg.MetadataValue.text(params.annotation.labels), "dvc_md5": dg.MetadataValue.text(dvc_hash)},
+    )
 
 
 def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
-    deps = ([dg.AssetKey(name) for name in spec.upstream] + [source_key(source) for source in spec.sources]
-            + [params_key(section) for section in lineage_params(spec.name)])
+    deps = (
+        [dg.AssetKey(name) for name in spec.upstream]
+        + [source_key(source) for source in spec.sources]
+        + [params_key(section) for section in lineage_params(spec.name)]
+    )
 
-    @dg.asset(name=spec.name, deps=deps, description=spec.description, kinds={"python", "dvc", "mlflow"},
-              group_name=spec.group, code_version=spec.code_version(), pool=WRITER_POOL)
-    def _materialize(context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource,
-                     mlflow: MlflowResource) -> dg.MaterializeResult:
+    @dg.asset(
+        name=spec.name,
+        deps=deps,
+        description=spec.description,
+        kinds={"python", "dvc", "mlflow"},
+        group_name=spec.group,
+        code_version=spec.code_version(),
+        pool=WRITER_POOL,
+    )
+    def _materialize(
+        context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow: MlflowResource
+    ) -> dg.MaterializeResult:
+        from bilaf.selection.progress import reporting_progress
         from dagster_project.defs.planning import reusable_materialization
         from dagster_project.defs.progress import ProgressLog
-        from bilaf.selection.progress import reporting_progress
 
         previous = reusable_materialization(context.instance, project.paths, spec.name)
         if previous is not None:
-            context.log.info(f"{spec.name}: code, output and every input unchanged since run {previous.run_id}: "
-                             "reused, not recomputed")
+            context.log.info(
+                f"{spec.name}: code, output and every input unchanged since run {previous.run_id}: "
+                "reused, not recomputed"
+            )
             return dg.MaterializeResult(
                 data_version=dg.DataVersion(previous.asset_materialization.tags["dagster/data_version"]),
-                metadata={**previous.asset_materialization.metadata,
-                          "reused_from_run": dg.MetadataValue.text(previous.run_id)})
+                metadata={
+                    **previous.asset_materialization.metadata,
+                    "reused_from_run": dg.MetadataValue.text(previous.run_id),
+                },
+            )
         params = project.params()
         provenance, diff = code_provenance(project.paths.root)
         with mlflow.asset_run(context, spec.name, _lineage_tags(project, params, spec, provenance)) as tracked:
@@ -142,10 +189,17 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
             with reporting_progress(ProgressLog(context.log)):
                 outcome = run_stage(spec.name, project.paths.root, params)
             output_hash = dvc.commit_stage(spec.name)
-            tracked.set_tags({"dvc_md5": output_hash,
-                              **{f"dvc_input:{path}": md5 for path, md5 in dvc.dependency_hashes(spec.name).items()
-                                 if not path.startswith("bilaf/")},
-                              **({"round": str(outcome.metadata["round"])} if "round" in outcome.metadata else {})})
+            tracked.set_tags(
+                {
+                    "dvc_md5": output_hash,
+                    **{
+                        f"dvc_input:{path}": md5
+                        for path, md5 in dvc.dependency_hashes(spec.name).items()
+                        if not path.startswith("bilaf/")
+                    },
+                    **({"round": str(outcome.metadata["round"])} if "round" in outcome.metadata else {}),
+                }
+            )
             for section in lineage_params(spec.name):
                 tracked.log_params(params.section(section), prefix=f"{section}.")
             tracked.log_metrics(outcome.metrics)
@@ -153,11 +207,13 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
             if "pool" in spec.sources:
                 from bilaf.features import pool_version, read_manifest
 
-                tracked.log_pool(read_manifest(project.paths.data), pool_version(project.paths.data),
-                                 project.paths.data)
+                tracked.log_pool(
+                    read_manifest(project.paths.data), pool_version(project.paths.data), project.paths.data
+                )
             if spec.name == "finetuned_model" and outcome.metadata.get("trained"):
                 outcome.metadata["registered_model_version"] = tracked.log_pytorch_model(
-                    project.paths.output(spec.name), outcome.metadata.get("round"))
+                    project.paths.output(spec.name), outcome.metadata.get("round")
+                )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(output_hash),
             metadata=_metadata(project, spec, outcome, output_hash, tracked),
@@ -166,16 +222,22 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
     return _materialize
 
 
-def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec,
-                  provenance: dict[str, str]) -> dict[str, str]:
+def _lineage_tags(
+    project: ProjectResource, params: Params, spec: StageSpec, provenance: dict[str, str]
+) -> dict[str, str]:
     import torch
 
     from bilaf.dvc import tracked_hash
 
     # What varies across machines: float results depend on the thread count and the CPU's kernels.
-    tags = {**provenance, "code_version": spec.code_version(),
-            "backbone": params.features.backbone, "torch_threads": str(torch.get_num_threads()),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_version": torch.__version__}
+    tags = {
+        **provenance,
+        "code_version": spec.code_version(),
+        "backbone": params.features.backbone,
+        "torch_threads": str(torch.get_num_threads()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_version": torch.__version__,
+    }
     tags.update({f"params_hash:{section}": params.section_hash(section) for section in lineage_params(spec.name)})
     for source, folder in SOURCE_PATHS.items():
         recorded = tracked_hash(project.paths.root, folder)
@@ -186,8 +248,14 @@ def _lineage_tags(project: ProjectResource, params: Params, spec: StageSpec,
 
 
 # Files the pipeline itself rewrites: their changes are recorded as data and params, not as code.
-_PIPELINE_STATE = (":(exclude)dvc.lock", ":(exclude)*.dvc", ":(exclude)**/*.dvc", ":(exclude)params.yaml",
-                   ":(exclude).gitignore", ":(exclude)**/.gitignore")
+_PIPELINE_STATE = (
+    ":(exclude)dvc.lock",
+    ":(exclude)*.dvc",
+    ":(exclude)**/*.dvc",
+    ":(exclude)params.yaml",
+    ":(exclude).gitignore",
+    ":(exclude)**/.gitignore",
+)
 
 
 def code_provenance(root: Path) -> tuple[dict[str, str], bytes]:
@@ -199,11 +267,14 @@ def code_provenance(root: Path) -> tuple[dict[str, str], bytes]:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return {"git_commit": "unknown", "git_code_diff": "unknown"}, b""
-    completed = subprocess.run(["git", "diff", "HEAD", "--binary", "--", ".", *_PIPELINE_STATE], cwd=root,
-                               capture_output=True)
+    completed = subprocess.run(
+        ["git", "diff", "HEAD", "--binary", "--", ".", *_PIPELINE_STATE], cwd=root, capture_output=True
+    )
     diff = completed.stdout if completed.returncode == 0 else b""
-    return ({"git_commit": head.stdout.strip(), "git_code_diff": hashlib.sha256(diff).hexdigest() if diff else "clean"},
-            diff)
+    return (
+        {"git_commit": head.stdout.strip(), "git_code_diff": hashlib.sha256(diff).hexdigest() if diff else "clean"},
+        diff,
+    )
 
 
 def _log_code_diff(tracked, diff: bytes) -> None:
@@ -215,8 +286,9 @@ def _log_code_diff(tracked, diff: bytes) -> None:
             tracked.log_artifact(Path(scratch) / "code.diff")
 
 
-def _metadata(project: ProjectResource, spec: StageSpec, outcome: StageOutcome, output_hash: str,
-              tracked) -> dict[str, dg.MetadataValue]:
+def _metadata(
+    project: ProjectResource, spec: StageSpec, outcome: StageOutcome, output_hash: str, tracked
+) -> dict[str, dg.MetadataValue]:
     metadata: dict[str, dg.MetadataValue] = {
         "dvc_md5": dg.MetadataValue.text(output_hash),
         "path": dg.MetadataValue.path(str(project.paths.output(spec.name))),

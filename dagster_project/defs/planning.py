@@ -9,6 +9,7 @@ those in public tags of each materialization (`dagster/code_version`,
 status does not see: transitive staleness, missing outputs, and a data source whose content
 changed before anyone observed it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,14 +22,19 @@ import dagster as dg
 
 from bilaf import dvc, rounds
 from bilaf.config import DataParams, Params
-from dagster_project.defs.assets import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
 from bilaf.stages import SOURCE_PATHS, STAGES, ProjectPaths, labels_version, lineage_params
+from dagster_project.defs.assets import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
 
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
 INPUT_VERSION_TAG = "dagster/input_data_version/{}"
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +56,9 @@ def current_versions(paths: ProjectPaths, params: Params) -> dict[dg.AssetKey, s
     """The version every source has on disk now (None: the pool does not exist yet)."""
     from bilaf.features import pool_version
 
-    versions: dict[dg.AssetKey, str | None] = {params_key(section): params.section_hash(section)
-                                               for section in Params.section_names()}
+    versions: dict[dg.AssetKey, str | None] = {
+        params_key(section): params.section_hash(section) for section in Params.section_names()
+    }
     versions[POOL_KEY] = pool_version(paths.data) if (paths.data / "manifest.csv").is_file() else None
     versions[LABELS_KEY] = labels_version(paths, params)
     return versions
@@ -63,8 +70,10 @@ def observed(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str] |
     if not records:
         return None
     observation = records[0].asset_observation
-    return {"version": (observation.tags or {}).get(DATA_VERSION_TAG),
-            **{name: str(value.value) for name, value in observation.metadata.items()}}
+    return {
+        "version": (observation.tags or {}).get(DATA_VERSION_TAG),
+        **{name: str(value.value) for name, value in observation.metadata.items()},
+    }
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -104,8 +113,12 @@ def dvc_changes(paths: ProjectPaths, *targets: str) -> dict[str, str]:
         parts = []
         for entry in entries:
             if isinstance(entry, dict):
-                parts += [f"{path} {state}" for kind in entry.values() if isinstance(kind, dict)
-                          for path, state in kind.items()]
+                parts += [
+                    f"{path} {state}"
+                    for kind in entry.values()
+                    if isinstance(kind, dict)
+                    for path, state in kind.items()
+                ]
             else:
                 parts.append(str(entry))
         changes[name] = ", ".join(parts)
@@ -123,8 +136,9 @@ def plan_refresh(instance: dg.DagsterInstance, paths: ProjectPaths, params: Para
             observe.append(source_key(source))
     fingerprint = configured_source_fingerprint(params.data)
     pool_seen = last[POOL_KEY]
-    if POOL_KEY not in observe and (pool_seen is None or pool_seen.get(SOURCE_FINGERPRINT) != fingerprint
-                                    or params_key("data") in observe):
+    if POOL_KEY not in observe and (
+        pool_seen is None or pool_seen.get(SOURCE_FINGERPRINT) != fingerprint or params_key("data") in observe
+    ):
         observe.append(POOL_KEY)  # the configured source has news: syncing it may add items
     reasons: dict[str, str] = {}
     for spec in STAGES.values():
@@ -135,13 +149,22 @@ def plan_refresh(instance: dg.DagsterInstance, paths: ProjectPaths, params: Para
             reasons[spec.name] = reason
     key_material = sorted(f"{key.to_user_string()}={version}" for key, version in versions.items())
     key_material += [f"source={fingerprint}", *(f"{name}@{spec.code_version()}" for name, spec in STAGES.items())]
-    return RefreshPlan(observe=tuple(observe), stages=tuple(reasons), reasons=reasons,
-                       inputs_key=hashlib.sha256("\n".join(key_material).encode()).hexdigest()[:16])
+    return RefreshPlan(
+        observe=tuple(observe),
+        stages=tuple(reasons),
+        reasons=reasons,
+        inputs_key=hashlib.sha256("\n".join(key_material).encode()).hexdigest()[:16],
+    )
 
 
-def _stale_reason(instance: dg.DagsterInstance, paths: ProjectPaths, stage: str,
-                  versions: dict[dg.AssetKey, str | None], changed: set[dg.AssetKey],
-                  running: dict[str, str]) -> str | None:
+def _stale_reason(
+    instance: dg.DagsterInstance,
+    paths: ProjectPaths,
+    stage: str,
+    versions: dict[dg.AssetKey, str | None],
+    changed: set[dg.AssetKey],
+    running: dict[str, str],
+) -> str | None:
     spec = STAGES[stage]
     event = instance.get_latest_materialization_event(dg.AssetKey(stage))
     if event is None or event.asset_materialization is None:
@@ -155,7 +178,9 @@ def _stale_reason(instance: dg.DagsterInstance, paths: ProjectPaths, stage: str,
         if upstream in running:
             return f"{upstream} runs"
         latest = instance.get_latest_materialization_event(dg.AssetKey(upstream))
-        if tags.get(INPUT_VERSION_TAG.format(upstream)) != (latest.asset_materialization.tags or {}).get(DATA_VERSION_TAG):
+        if tags.get(INPUT_VERSION_TAG.format(upstream)) != (latest.asset_materialization.tags or {}).get(
+            DATA_VERSION_TAG
+        ):
             return f"{upstream} has a newer version"
     inputs = [source_key(source) for source in spec.sources] + [params_key(s) for s in lineage_params(stage)]
     for key in inputs:
@@ -170,8 +195,9 @@ def reusable_materialization(instance: dg.DagsterInstance, paths: ProjectPaths, 
     version that materialization recorded. A run that re-observed a source which turned out
     unchanged (a sync that added nothing, an unreadable file dropped in the source folder) then
     reuses the stage instead of recomputing it. None when the stage must run."""
-    versions = {key: (record or {}).get("version")
-                for key, record in ((key, observed(instance, key)) for key in _source_keys())}
+    versions = {
+        key: (record or {}).get("version") for key, record in ((key, observed(instance, key)) for key in _source_keys())
+    }
     if _stale_reason(instance, paths, stage, versions, set(), {}) is not None or dvc_changes(paths, stage):
         return None
     return instance.get_latest_materialization_event(dg.AssetKey(stage))

@@ -1,4 +1,5 @@
 """Selection progress in the Dagster run log: at most ten lines per loop, not one per step."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol

@@ -10,16 +10,20 @@ import logging
 import dagster as dg
 
 from bilaf.errors import BilafError
+from bilaf.stages import check_budget
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
 from dagster_project.defs.tracking import MlflowResource, close_abandoned_runs
-from bilaf.stages import check_budget
 
 REFRESH_TAGS = {"bilaf/trigger": "refresh"}
 
 
-def refresh_request(instance: dg.DagsterInstance, project: ProjectResource, mlflow: MlflowResource | None = None,
-                    log: logging.Logger | None = None) -> dg.RunRequest | dg.SkipReason:
+def refresh_request(
+    instance: dg.DagsterInstance,
+    project: ProjectResource,
+    mlflow: MlflowResource | None = None,
+    log: logging.Logger | None = None,
+) -> dg.RunRequest | dg.SkipReason:
     """A run of the changed sources' observations and the stages they make stale (what earlier runs
     left open is closed first and said in ``log``)."""
     try:
@@ -33,36 +37,51 @@ def refresh_request(instance: dg.DagsterInstance, project: ProjectResource, mlfl
                 log.warning(line)
     running = refresh_in_flight(instance)
     if running is not None:
-        return dg.SkipReason(f"run {running.dagster_run.run_id} is {running.dagster_run.status.value}: "
-                             "waiting for it before planning the next one")
+        return dg.SkipReason(
+            f"run {running.dagster_run.run_id} is {running.dagster_run.status.value}: "
+            "waiting for it before planning the next one"
+        )
     try:
         plan = plan_refresh(instance, project.paths, params)
     except BilafError as error:
         return dg.SkipReason(f"cannot plan a run: {error}")
     if not plan:
         return dg.SkipReason("params.yaml, the pool, the labels and the code are unchanged since the last run")
-    return dg.RunRequest(run_key=plan.inputs_key, asset_selection=plan.asset_keys,
-                         tags={**REFRESH_TAGS, "bilaf/round": str(expected_round(project.paths, plan)),
-                               "bilaf/stages": ",".join(plan.stages)})
+    return dg.RunRequest(
+        run_key=plan.inputs_key,
+        asset_selection=plan.asset_keys,
+        tags={
+            **REFRESH_TAGS,
+            "bilaf/round": str(expected_round(project.paths, plan)),
+            "bilaf/stages": ",".join(plan.stages),
+        },
+    )
 
 
-@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           asset_selection=dg.AssetSelection.all(include_sources=True),
-           description="Watches params.yaml, the data source, the pool, the labels and the code; launches one run "
-                       "of exactly the stale stages (a new round when new images or labels arrived).")
+@dg.sensor(
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=dg.AssetSelection.all(include_sources=True),
+    description="Watches params.yaml, the data source, the pool, the labels and the code; launches one run "
+    "of exactly the stale stages (a new round when new images or labels arrived).",
+)
 def refresh_sensor(context: dg.SensorEvaluationContext, project: ProjectResource, mlflow: MlflowResource):
     return refresh_request(context.instance, project, mlflow, context.log)
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, default_status=dg.DefaultSensorStatus.RUNNING,
-                      description="Ends the MLflow parent run of a Dagster run that succeeded.")
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Ends the MLflow parent run of a Dagster run that succeeded.",
+)
 def mlflow_parent_finished(context: dg.RunStatusSensorContext, mlflow: MlflowResource):
     mlflow.finish_dagster_run(context.dagster_run.run_id, succeeded=True)
 
 
-@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING,
-                       description="Marks FAILED the MLflow runs of a Dagster run that failed (or was killed and "
-                                   "then failed by Dagster's run monitoring).")
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks FAILED the MLflow runs of a Dagster run that failed (or was killed and "
+    "then failed by Dagster's run monitoring).",
+)
 def mlflow_parent_failed(context: dg.RunFailureSensorContext, mlflow: MlflowResource):
     mlflow.finish_dagster_run(context.dagster_run.run_id, succeeded=False)
-

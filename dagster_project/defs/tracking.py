@@ -8,6 +8,7 @@ run and the MLflow run. A failed step fails its MLflow run; the parent run ends 
 ends (`finish_dagster_run`), and a run whose process was killed is closed as FAILED in both stores
 by the next run (`close_abandoned_runs`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,13 @@ OUTPUT_MANIFEST = "output_manifest.json"
 LOGGED_LIMIT = 20 * 2**20  # files above this size are hashed but not copied to MLflow (DVC keeps them)
 PID_TAG, HOST_TAG = "bilaf/pid", "bilaf/host"
 # Where MLflow 3.17's SQL store keeps artifact locations (the tracking API cannot change them).
-_ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                     ("logged_models", "artifact_location"), ("model_versions", "source"),
-                     ("model_versions", "storage_location"))
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -44,8 +49,13 @@ def output_manifest(output: Path) -> dict[str, dict[str, Any]]:
     """relative path -> {sha256, size} of every file of a stage output (a file or a folder)."""
     output = Path(output)
     files = [output] if output.is_file() else sorted(p for p in output.rglob("*") if p.is_file())
-    return {(file.name if file == output else file.relative_to(output).as_posix()):
-            {"sha256": sha256_file(file), "size": file.stat().st_size} for file in files}
+    return {
+        (file.name if file == output else file.relative_to(output).as_posix()): {
+            "sha256": sha256_file(file),
+            "size": file.stat().st_size,
+        }
+        for file in files
+    }
 
 
 def canonical_sha256(payload: Any) -> str:
@@ -63,8 +73,11 @@ class MlflowResource(dg.ConfigurableResource):
     dagster_ui_url: str = "http://127.0.0.1:3000"
 
     def resolved_tracking_uri(self) -> str:
-        return (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                or f"sqlite:///{Path(self.root).resolve() / 'mlflow' / 'mlflow.db'}")
+        return (
+            self.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{Path(self.root).resolve() / 'mlflow' / 'mlflow.db'}"
+        )
 
     def client(self):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -80,11 +93,13 @@ class MlflowResource(dg.ConfigurableResource):
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
             # MLflow 3 opens an experiment without this tag in its GenAI view; ours trains models.
-            return client.create_experiment(EXPERIMENT_NAME, artifact_location=location,
-                                            tags={"mlflow.experimentKind": "custom_model_development"})
+            return client.create_experiment(
+                EXPERIMENT_NAME, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
         if embedded and experiment.artifact_location != location:
-            relocate_artifact_root(Path(self.resolved_tracking_uri().removeprefix("sqlite:///")),
-                                   experiment.artifact_location, location)
+            relocate_artifact_root(
+                Path(self.resolved_tracking_uri().removeprefix("sqlite:///")), experiment.artifact_location, location
+            )
         return experiment.experiment_id
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
@@ -95,16 +110,24 @@ class MlflowResource(dg.ConfigurableResource):
 
     def _parent_run_id(self, client, experiment_id: str, context) -> str:
         dagster_run_id = context.run.run_id
-        existing = client.search_runs([experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' "
-                                      "and tags.bilaf_level = 'dagster_run'", max_results=1)
+        existing = client.search_runs(
+            [experiment_id],
+            f"tags.dagster_run_id = '{dagster_run_id}' and tags.bilaf_level = 'dagster_run'",
+            max_results=1,
+        )
         if existing:
             return existing[0].info.run_id
-        run = client.create_run(experiment_id, run_name=f"dagster-{dagster_run_id[:8]}",
-                                tags={"dagster_run_id": dagster_run_id, "bilaf_level": "dagster_run",
-                                      "dagster_job": context.run.job_name,
-                                      "dagster_run_url": self.dagster_run_url(dagster_run_id),
-                                      **{key: value for key, value in context.run.tags.items()
-                                         if key.startswith("bilaf/")}})
+        run = client.create_run(
+            experiment_id,
+            run_name=f"dagster-{dagster_run_id[:8]}",
+            tags={
+                "dagster_run_id": dagster_run_id,
+                "bilaf_level": "dagster_run",
+                "dagster_job": context.run.job_name,
+                "dagster_run_url": self.dagster_run_url(dagster_run_id),
+                **{key: value for key, value in context.run.tags.items() if key.startswith("bilaf/")},
+            },
+        )
         return run.info.run_id
 
     @contextlib.contextmanager
@@ -115,10 +138,16 @@ class MlflowResource(dg.ConfigurableResource):
         experiment_id = self.experiment_id(client)
         parent_id = self._parent_run_id(client, experiment_id, context)
         run = client.create_run(
-            experiment_id, run_name=asset_name,
-            tags={"mlflow.parentRunId": parent_id, "dagster_run_id": context.run.run_id,
-                  "dagster_run_url": self.dagster_run_url(context.run.run_id), "asset_key": asset_name,
-                  "bilaf_level": "asset", **tags},
+            experiment_id,
+            run_name=asset_name,
+            tags={
+                "mlflow.parentRunId": parent_id,
+                "dagster_run_id": context.run.run_id,
+                "dagster_run_url": self.dagster_run_url(context.run.run_id),
+                "asset_key": asset_name,
+                "bilaf_level": "asset",
+                **tags,
+            },
         )
         logger = AssetRunLogger(client, run.info.run_id, self.run_url(experiment_id, run.info.run_id))
         try:
@@ -135,8 +164,9 @@ class MlflowResource(dg.ConfigurableResource):
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
             return
-        for run in client.search_runs([experiment.experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' "
-                                      "and attributes.status = 'RUNNING'"):
+        for run in client.search_runs(
+            [experiment.experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' and attributes.status = 'RUNNING'"
+        ):
             parent = run.data.tags.get("bilaf_level") == "dagster_run"
             client.set_terminated(run.info.run_id, "FINISHED" if succeeded and parent else "FAILED")
 
@@ -153,8 +183,9 @@ def close_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -
     from mlflow.exceptions import MlflowException
 
     lines = []
-    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
-                                                                           dg.DagsterRunStatus.STARTING])):
+    for record in instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+    ):
         run = record.dagster_run
         pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
         if pid is None or host != socket.gethostname() or _alive(int(pid)):
@@ -166,11 +197,15 @@ def close_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -
     try:
         for dagster_run_id, succeeded in _ended_runs_with_open_parents(instance, mlflow):
             mlflow.finish_dagster_run(dagster_run_id, succeeded)
-            lines.append(f"Run {dagster_run_id}: its MLflow runs were still open, now ended "
-                         f"{'FINISHED' if succeeded else 'FAILED'} as the Dagster run did.")
+            lines.append(
+                f"Run {dagster_run_id}: its MLflow runs were still open, now ended "
+                f"{'FINISHED' if succeeded else 'FAILED'} as the Dagster run did."
+            )
     except MlflowException as error:
-        lines.append(f"MLflow store unreachable ({str(error).splitlines()[0]}): runs it holds open stay open "
-                     "until a later run ends them.")
+        lines.append(
+            f"MLflow store unreachable ({str(error).splitlines()[0]}): runs it holds open stay open "
+            "until a later run ends them."
+        )
     return lines
 
 
@@ -181,8 +216,9 @@ def _ended_runs_with_open_parents(instance: dg.DagsterInstance, mlflow: MlflowRe
     if experiment is None:
         return []
     ended = []
-    for parent in client.search_runs([experiment.experiment_id],
-                                     "tags.bilaf_level = 'dagster_run' and attributes.status = 'RUNNING'"):
+    for parent in client.search_runs(
+        [experiment.experiment_id], "tags.bilaf_level = 'dagster_run' and attributes.status = 'RUNNING'"
+    ):
         dagster_run = instance.get_run_by_id(parent.data.tags["dagster_run_id"])
         if dagster_run is not None and dagster_run.is_finished:  # another project's store entries: None
             ended.append((dagster_run.run_id, dagster_run.status == dg.DagsterRunStatus.SUCCESS))
@@ -217,8 +253,12 @@ class AssetRunLogger:
         self._tags: dict[str, str] = {}
 
     def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
-        self._params.update({f"{prefix}{key}": json.dumps(value) if not isinstance(value, str) else value
-                             for key, value in params.items()})
+        self._params.update(
+            {
+                f"{prefix}{key}": json.dumps(value) if not isinstance(value, str) else value
+                for key, value in params.items()
+            }
+        )
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         self._metrics.update({key: float(value) for key, value in metrics.items()})
@@ -233,9 +273,12 @@ class AssetRunLogger:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, 0) for key, value in self._metrics.items()],
-                              params=[Param(key, value) for key, value in self._params.items()],
-                              tags=[RunTag(key, value) for key, value in self._tags.items()])
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(key, value, now, 0) for key, value in self._metrics.items()],
+            params=[Param(key, value) for key, value in self._params.items()],
+            tags=[RunTag(key, value) for key, value in self._tags.items()],
+        )
         self._params, self._metrics, self._tags = {}, {}, {}
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -267,22 +310,28 @@ class AssetRunLogger:
         from mlflow.entities import DatasetInput, InputTag
 
         dataset = mlflow.data.from_pandas(manifest, source=str(data_dir), name="pool", digest=version)
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
-            dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "pool")])])
+        self.client.log_inputs(
+            self.run_id,
+            datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "pool")])],
+        )
 
     def log_pytorch_model(self, model_dir: Path, round_number: int | None) -> str:
         """Log a saved finetuned classifier with mlflow.pytorch (input example, explicit requirements)
         and register it as a version of `bilaf-finetuned` tagged with its round; returns the version."""
-        import mlflow
         import numpy as np
         import torch
 
+        import mlflow
         from bilaf.training import load_finetuned
 
         model, metadata = load_finetuned(model_dir)
         example = np.zeros((1, 3, metadata.image_size, metadata.image_size), dtype=np.float32)
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={_version('timm')}",
-                        f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+        requirements = [
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"timm=={_version('timm')}",
+            f"mlflow=={mlflow.__version__}",
+            f"numpy=={np.__version__}",
+        ]
         # mlflow.pytorch logs through the fluent API, whose tracking URI is process-wide and exported
         # to MLFLOW_TRACKING_URI: set it for this call only, so nothing started later (another project's
         # run, a subprocess) inherits this project's store. Unset before means unset after: restoring
@@ -292,12 +341,17 @@ class AssetRunLogger:
         mlflow.set_tracking_uri(self.client.tracking_uri)
         try:
             with mlflow.start_run(run_id=self.run_id):
-                info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                                pip_requirements=requirements,
-                                                metadata={"classes": metadata.classes, "backbone": metadata.backbone})
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    input_example=example,
+                    pip_requirements=requirements,
+                    metadata={"classes": metadata.classes, "backbone": metadata.backbone},
+                )
             # The registry resolves the logged model through the fluent store too: inside this window.
-            version = mlflow.register_model(info.model_uri, REGISTERED_MODEL,
-                                            tags={"round": str(round_number)} if round_number else None)
+            version = mlflow.register_model(
+                info.model_uri, REGISTERED_MODEL, tags={"round": str(round_number)} if round_number else None
+            )
         finally:
             mlflow.set_tracking_uri(previous_uri)  # None unsets it
             # set_tracking_uri exports its value: the variable must be as it was, or every MlflowResource
@@ -329,5 +383,7 @@ def relocate_artifact_root(database: Path, old: str, new: str) -> None:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table, column in _ARTIFACT_COLUMNS:
             if table in tables:
-                connection.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                                   f"WHERE substr({column}, 1, ?) = ?", (new, len(old) + 1, len(old), old))
+                connection.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, len(old), old),
+                )

@@ -1,4 +1,5 @@
 """The comparison and diagnostics scripts' own logic: tables from partial grids, border and purity."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -63,12 +64,14 @@ def test_pseudo_class_purity_counts_items_whose_nearest_core_shares_their_label(
 
 
 def test_summary_marks_short_cells_and_missing_ones() -> None:
-    frame = pd.DataFrame({
-        "method": ["A"] * 4 + ["B"],
-        "budget_pct": [1, 1, 1, 2, 1],
-        "seed": [0, 1, 2, 0, 0],
-        "linear_probe": [80.0, 82.0, 84.0, 90.0, 70.0],
-    })
+    frame = pd.DataFrame(
+        {
+            "method": ["A"] * 4 + ["B"],
+            "budget_pct": [1, 1, 1, 2, 1],
+            "seed": [0, 1, 2, 0, 0],
+            "linear_probe": [80.0, 82.0, 84.0, 90.0, 70.0],
+        }
+    )
     table = compare_methods.summarise(frame, "linear_probe")
     assert table.loc["A", "1 %"] == "82.0 ± 2.0"
     assert table.loc["A", "2 %"] == "90.0 (n=1)"
@@ -77,11 +80,22 @@ def test_summary_marks_short_cells_and_missing_ones() -> None:
 
 
 def test_report_redraws_tables_and_plot_from_a_partial_csv(tmp_path: Path) -> None:
-    rows = [{"method": method, "budget_pct": 1.0, "seed": seed, "pool_train": 100, "pool_test": 50,
-             "device": "CPU (2 cores)", "linear_probe": 70.0 + seed, "knn": 60.0 + seed,
-             "finetune": 75.0 if method == "Random" and seed == 0 else np.nan,
-             "finetune_recipe": "12 epochs at 96 px, batch 32, lr 0.05"}
-            for method in ("Random", "ActiveFT") for seed in (0, 1)]
+    rows = [
+        {
+            "method": method,
+            "budget_pct": 1.0,
+            "seed": seed,
+            "pool_train": 100,
+            "pool_test": 50,
+            "device": "CPU (2 cores)",
+            "linear_probe": 70.0 + seed,
+            "knn": 60.0 + seed,
+            "finetune": 75.0 if method == "Random" and seed == 0 else np.nan,
+            "finetune_recipe": "12 epochs at 96 px, batch 32, lr 0.05",
+        }
+        for method in ("Random", "ActiveFT")
+        for seed in (0, 1)
+    ]
     csv = tmp_path / "grid.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     compare_methods.main(["--report", str(csv), "--out", str(tmp_path / "out")])
@@ -95,7 +109,7 @@ def test_report_redraws_tables_and_plot_from_a_partial_csv(tmp_path: Path) -> No
 rounds_benchmark = _load("rounds")
 
 
-def _classes(rng: np.random.Generator, n_items: int, n_classes: int = 4) -> "rounds_benchmark.Split":
+def _classes(rng: np.random.Generator, n_items: int, n_classes: int = 4) -> rounds_benchmark.Split:
     """Overlapping Gaussian classes in 16-d, unit rows (like embeddings): rounds have borders to find."""
     labels = rng.integers(0, n_classes, n_items)
     centres = rng.standard_normal((n_classes, 16)).astype(np.float32)
@@ -106,10 +120,32 @@ def _classes(rng: np.random.Generator, n_items: int, n_classes: int = 4) -> "rou
 def test_rounds_never_repick_and_the_report_covers_both_pools(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     train, test = _classes(rng, 400), _classes(rng, 200)
-    args = rounds_benchmark.parse_args(["--round-budgets", "12", "12", "24", "--growth", "0.5", "1",
-                                        "--growth-budget", "12", "--seeds", "0", "--first", "ActiveFT",
-                                        "--later", "label-aware BiLAF", "margin", "--one-shot", "Random",
-                                        "--growth-later", "random", "--out", str(tmp_path)])
+    args = rounds_benchmark.parse_args(
+        [
+            "--round-budgets",
+            "12",
+            "12",
+            "24",
+            "--growth",
+            "0.5",
+            "1",
+            "--growth-budget",
+            "12",
+            "--seeds",
+            "0",
+            "--first",
+            "ActiveFT",
+            "--later",
+            "label-aware BiLAF",
+            "margin",
+            "--one-shot",
+            "Random",
+            "--growth-later",
+            "random",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     record = rounds_benchmark.Recorder(tmp_path)
     rounds_benchmark.fixed_pool(args, train, test, record)  # asserts that no round re-picks a labeled item
     rounds_benchmark.growing_pool(args, train, test, record)

@@ -3,6 +3,7 @@
 The fixtures under fixtures/ were exported by a real Label Studio 1.23.2 from tasks made for exactly
 this project: the same 7 batch images (8x8 grey squares), so their `item_id`s are these items' ids.
 """
+
 from __future__ import annotations
 
 import csv

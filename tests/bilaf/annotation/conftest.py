@@ -1,4 +1,5 @@
 """Fixtures for the annotation tests: a tiny real project matching the Label Studio export fixtures."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Annotator files as Label Studio 1.23.2 really exports them (fixtures/), plain CSV, and refusals."""
+
 from __future__ import annotations
 
 import csv
@@ -23,11 +24,14 @@ def labels_by_rank(rows, pool_ids) -> dict[int, list[str]]:
     return found
 
 
-@pytest.mark.parametrize(("name", "file_format"), [
-    ("label_studio_round.json", "label-studio-json"),
-    ("label_studio_round.min.json", "label-studio-json-min"),
-    ("label_studio_round.csv", "label-studio-csv"),
-])
+@pytest.mark.parametrize(
+    ("name", "file_format"),
+    [
+        ("label_studio_round.json", "label-studio-json"),
+        ("label_studio_round.min.json", "label-studio-json-min"),
+        ("label_studio_round.csv", "label-studio-csv"),
+    ],
+)
 def test_label_studio_exports_give_item_ids_and_choices(name, file_format, pool_ids):
     parsed = read_annotator_file(FIXTURES / name)
     assert parsed.format == file_format
@@ -38,8 +42,9 @@ def test_label_studio_exports_give_item_ids_and_choices(name, file_format, pool_
     assert sorted(parsed.not_annotated) == sorted([pool_ids[5], *skipped])
 
 
-@pytest.mark.parametrize("name", ["label_studio_conflict.json", "label_studio_conflict.min.json",
-                                  "label_studio_conflict.csv"])
+@pytest.mark.parametrize(
+    "name", ["label_studio_conflict.json", "label_studio_conflict.min.json", "label_studio_conflict.csv"]
+)
 def test_a_task_annotated_twice_differently_gives_both_labels(name, pool_ids):
     parsed = read_annotator_file(FIXTURES / name)
     found = labels_by_rank(parsed.rows, pool_ids)
@@ -61,15 +66,20 @@ def test_plain_csv_with_unlabeled_rows(tmp_path, pool_ids):
     parsed = read_annotator_file(path)
     assert parsed.format == "csv"
     assert [(row.row_number, row.item_id, row.label) for row in parsed.rows] == [
-        (2, pool_ids[0], CLASSES[1]), (4, pool_ids[2], CLASSES[2])]
+        (2, pool_ids[0], CLASSES[1]),
+        (4, pool_ids[2], CLASSES[2]),
+    ]
     assert parsed.not_annotated == (pool_ids[1],)
 
 
-@pytest.mark.parametrize(("name", "renamed", "file_format"), [
-    ("label_studio_round.min.json", "export.csv", "label-studio-json-min"),
-    ("label_studio_round.json", "export.txt", "label-studio-json"),
-    ("label_studio_round.csv", "export.json", "label-studio-csv"),
-])
+@pytest.mark.parametrize(
+    ("name", "renamed", "file_format"),
+    [
+        ("label_studio_round.min.json", "export.csv", "label-studio-json-min"),
+        ("label_studio_round.json", "export.txt", "label-studio-json"),
+        ("label_studio_round.csv", "export.json", "label-studio-csv"),
+    ],
+)
 def test_format_comes_from_the_content_not_the_extension(tmp_path, name, renamed, file_format):
     shutil.copy(FIXTURES / name, tmp_path / renamed)
     assert read_annotator_file(tmp_path / renamed).format == file_format
@@ -135,8 +145,9 @@ def test_not_an_export_is_refused(tmp_path):
         read_annotator_file(tmp_path / "empty.csv")
     with pytest.raises(ValueError, match="missing.csv: file not found"):
         read_annotator_file(tmp_path / "missing.csv")
-    (tmp_path / "multi.json").write_text(json.dumps([{"item_id": "a", "label": {"choices": ["x", "y"]},
-                                                      "annotation_id": 1}]))
+    (tmp_path / "multi.json").write_text(
+        json.dumps([{"item_id": "a", "label": {"choices": ["x", "y"]}, "annotation_id": 1}])
+    )
     with pytest.raises(ValueError, match=r'row 1 \(a\) has label \{"choices".*not one choice'):
         read_annotator_file(tmp_path / "multi.json")
 

@@ -1,4 +1,5 @@
 """The label store: validated imports that write all or nothing, round files, version, re-validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,18 +33,26 @@ def load(store, pool_ids):
     return load_labels(store, pool_ids=pool_ids, classes=CLASSES, batches={1: pool_ids[:BATCH_SIZE]})
 
 
-@pytest.mark.parametrize("name", ["label_studio_round.json", "label_studio_round.min.json",
-                                  "label_studio_round.csv"])
+@pytest.mark.parametrize("name", ["label_studio_round.json", "label_studio_round.min.json", "label_studio_round.csv"])
 def test_a_label_studio_export_lands_in_the_round_file_and_merged_view(store, pool_ids, name):
     report = import_round_1(store, read_annotator_file(FIXTURES / name).rows, pool_ids)
-    expected = {pool_ids[0]: CLASSES[0], pool_ids[1]: CLASSES[1], pool_ids[2]: CLASSES[2],
-                pool_ids[3]: CLASSES[0], pool_ids[6]: CLASSES[1]}  # rank 6 twice, same choice: one label
+    expected = {
+        pool_ids[0]: CLASSES[0],
+        pool_ids[1]: CLASSES[1],
+        pool_ids[2]: CLASSES[2],
+        pool_ids[3]: CLASSES[0],
+        pool_ids[6]: CLASSES[1],
+    }  # rank 6 twice, same choice: one label
     assert (report.added, report.already_known, report.labels_total, report.batch_unlabeled) == (5, 0, 5, 2)
     assert load(store, pool_ids) == dict(sorted(expected.items()))
     ordered = sorted(expected.items())
     assert round_file(store, 1).read_text().splitlines() == [
-        "id,label", *(f'{item},"{label.replace(chr(34), 2 * chr(34))}"' if "," in label else f"{item},{label}"
-                      for item, label in ordered)]
+        "id,label",
+        *(
+            f'{item},"{label.replace(chr(34), 2 * chr(34))}"' if "," in label else f"{item},{label}"
+            for item, label in ordered
+        ),
+    ]
     assert (store / "labels.csv").read_text().splitlines()[0] == "id,label,round"
     assert [line.rsplit(",", 1)[1] for line in (store / "labels.csv").read_text().splitlines()[1:]] == ["1"] * 5
     assert sorted(path.name for path in store.iterdir()) == ["labels.csv", "round-001.csv"]  # no temp files left
@@ -56,8 +65,9 @@ def test_parts_of_a_batch_add_up_and_reimporting_is_a_no_op(store, pool_ids):
     second = import_round_1(store, rows_of((pool_ids[0], CLASSES[0]), (pool_ids[1], CLASSES[0])), pool_ids)
     assert (second.added, second.already_known, second.labels_total) == (1, 1, 3)
     assert round_file(store, 1).read_text() == "id,label\n" + "".join(
-        f"{item},{label}\n" for item, label in sorted([(pool_ids[0], CLASSES[0]), (pool_ids[1], CLASSES[0]),
-                                                      (pool_ids[3], CLASSES[1])]))
+        f"{item},{label}\n"
+        for item, label in sorted([(pool_ids[0], CLASSES[0]), (pool_ids[1], CLASSES[0]), (pool_ids[3], CLASSES[1])])
+    )
     before = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in store.iterdir()}
     again = import_round_1(store, rows_of((pool_ids[1], CLASSES[0]), (pool_ids[3], CLASSES[1])), pool_ids)
     assert (again.added, again.already_known, again.version) == (0, 2, second.version)
@@ -67,12 +77,18 @@ def test_parts_of_a_batch_add_up_and_reimporting_is_a_no_op(store, pool_ids):
 def test_labels_already_stored_in_an_earlier_round_are_known_not_out_of_batch(store, pool_ids):
     import_round_1(store, rows_of((pool_ids[0], CLASSES[0])), pool_ids)
     # A cumulative export (round 1's task again, beside round 2's) for round 2's batch: items 7 and 8.
-    report = import_labels(store, rows_of((pool_ids[0], CLASSES[0]), (pool_ids[7], CLASSES[1])), 2,
-                           pool_ids=pool_ids, batch_ids=pool_ids[7:], classes=CLASSES)
+    report = import_labels(
+        store,
+        rows_of((pool_ids[0], CLASSES[0]), (pool_ids[7], CLASSES[1])),
+        2,
+        pool_ids=pool_ids,
+        batch_ids=pool_ids[7:],
+        classes=CLASSES,
+    )
     assert (report.added, report.already_known) == (1, 1)
-    assert load_labels(store, pool_ids=pool_ids, classes=CLASSES,
-                       batches={1: pool_ids[:BATCH_SIZE], 2: pool_ids[7:]}) == {
-        pool_ids[0]: CLASSES[0], pool_ids[7]: CLASSES[1]}
+    assert load_labels(
+        store, pool_ids=pool_ids, classes=CLASSES, batches={1: pool_ids[:BATCH_SIZE], 2: pool_ids[7:]}
+    ) == {pool_ids[0]: CLASSES[0], pool_ids[7]: CLASSES[1]}
     assert round_file(store, 2).read_text() == f"id,label\n{pool_ids[7]},{CLASSES[1]}\n"
     assert f"{pool_ids[7]},{CLASSES[1]},2" in (store / "labels.csv").read_text()
 
@@ -84,23 +100,48 @@ def test_nothing_to_import_writes_nothing(store, pool_ids):
     assert load(store, pool_ids) == {} and report.version == labels_version(store)
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    (lambda ids: rows_of((ids[0], CLASSES[1]), ("0123456789abcdef", CLASSES[0])),
-     r"1 row\(s\) with ids not in the pool: row 3 \(0123456789abcdef\)"),
-    (lambda ids: rows_of((ids[1], CLASSES[1]), (ids[8], CLASSES[0])),
-     r"1 row\(s\) with ids not in round 1's batch: row 3 \(.{16}\)"),
-    (lambda ids: rows_of((ids[1], "Sneaker")),
-     r"1 row\(s\) with unknown classes \(known: Ankle boot, Bag, \"large\", T-shirt/top\): row 2 \(.{16}\) 'Sneaker'"),
-    (lambda ids: rows_of((ids[1], CLASSES[1]), (ids[2], CLASSES[0]), (ids[1], CLASSES[2])),
-     r"1 id\(s\) given different labels within the file: .{16} \(row 2 'Ankle boot', row 4 'Bag, \"large\"'\)"),
-    (lambda ids: rows_of((ids[1], CLASSES[1]), (ids[2], CLASSES[0]), (ids[1], CLASSES[1])),
-     r"1 id\(s\) listed more than once in the file: .{16} \(rows 2, 4\)"),
-    (lambda ids: rows_of((ids[0], CLASSES[0]), (ids[0], CLASSES[0])),
-     r"1 id\(s\) listed more than once in the file: .{16} \(rows 2, 3\)"),
-    (lambda ids: rows_of((ids[0], CLASSES[2])),
-     r"1 row\(s\) relabel a stored id .*row 2 \(.{16}\) 'Bag, \"large\"', stored 'T-shirt/top' in round-001.csv"),
-], ids=["unknown-id", "not-in-batch", "unknown-class", "conflict-in-file", "repeat-in-file", "repeat-of-stored",
-        "relabel"])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            lambda ids: rows_of((ids[0], CLASSES[1]), ("0123456789abcdef", CLASSES[0])),
+            r"1 row\(s\) with ids not in the pool: row 3 \(0123456789abcdef\)",
+        ),
+        (
+            lambda ids: rows_of((ids[1], CLASSES[1]), (ids[8], CLASSES[0])),
+            r"1 row\(s\) with ids not in round 1's batch: row 3 \(.{16}\)",
+        ),
+        (
+            lambda ids: rows_of((ids[1], "Sneaker")),
+            r"1 row\(s\) with unknown classes \(known: Ankle boot, Bag, \"large\", T-shirt/top\): row 2 \(.{16}\) 'Sneaker'",
+        ),
+        (
+            lambda ids: rows_of((ids[1], CLASSES[1]), (ids[2], CLASSES[0]), (ids[1], CLASSES[2])),
+            r"1 id\(s\) given different labels within the file: .{16} \(row 2 'Ankle boot', row 4 'Bag, \"large\"'\)",
+        ),
+        (
+            lambda ids: rows_of((ids[1], CLASSES[1]), (ids[2], CLASSES[0]), (ids[1], CLASSES[1])),
+            r"1 id\(s\) listed more than once in the file: .{16} \(rows 2, 4\)",
+        ),
+        (
+            lambda ids: rows_of((ids[0], CLASSES[0]), (ids[0], CLASSES[0])),
+            r"1 id\(s\) listed more than once in the file: .{16} \(rows 2, 3\)",
+        ),
+        (
+            lambda ids: rows_of((ids[0], CLASSES[2])),
+            r"1 row\(s\) relabel a stored id .*row 2 \(.{16}\) 'Bag, \"large\"', stored 'T-shirt/top' in round-001.csv",
+        ),
+    ],
+    ids=[
+        "unknown-id",
+        "not-in-batch",
+        "unknown-class",
+        "conflict-in-file",
+        "repeat-in-file",
+        "repeat-of-stored",
+        "relabel",
+    ],
+)
 def test_a_bad_file_is_refused_naming_rows_and_nothing_is_written(store, pool_ids, rows, message):
     import_round_1(store, rows_of((pool_ids[0], CLASSES[0]), (pool_ids[5], CLASSES[2])), pool_ids)
     before = store_bytes(store)

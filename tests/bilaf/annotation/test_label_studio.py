@@ -4,6 +4,7 @@ Our tasks in (images served through a Local Files storage), every task annotated
 API, then the JSON, JSON-MIN and CSV exports back through `bilaf labels import`. Label Studio
 lives in its own venv: `make label-studio-env`, or `tests/bilaf/annotation/run_label_studio_test.sh`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,24 +57,47 @@ def _free_port() -> int:
 def label_studio(project: Path, tmp_path: Path) -> Iterator[LabelStudio]:
     """A Label Studio serving `project` as its local-files document root; stopped by process group."""
     if not LABEL_STUDIO.exists():
-        pytest.skip(f"Label Studio 1.23.2 is not installed at {LABEL_STUDIO}: run `make label-studio-env` "
-                    "(or tests/bilaf/annotation/run_label_studio_test.sh)")
+        pytest.skip(
+            f"Label Studio 1.23.2 is not installed at {LABEL_STUDIO}: run `make label-studio-env` "
+            "(or tests/bilaf/annotation/run_label_studio_test.sh)"
+        )
     port, token, data_dir = _free_port(), secrets.token_hex(20), tmp_path / "label-studio-data"
-    env = {**os.environ,
-           "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(project),
-           "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-           "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-           "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # no network: don't ask PyPI for a newer version
-           "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-           "LABEL_STUDIO_SENTRY_DSN": "", "LABEL_STUDIO_FRONTEND_SENTRY_DSN": ""}
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(project),
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # no network: don't ask PyPI for a newer version
+        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+        "LABEL_STUDIO_SENTRY_DSN": "",
+        "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
+    }
     log_path = tmp_path / "label-studio.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [str(LABEL_STUDIO), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-             "--data-dir", str(data_dir), "--username", "annotator@example.com", "--password", secrets.token_hex(8),
-             "--user-token", token],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(LABEL_STUDIO),
+                "start",
+                "--no-browser",
+                "--internal-host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--username",
+                "annotator@example.com",
+                "--password",
+                secrets.token_hex(8),
+                "--user-token",
+                token,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         base_url = f"http://127.0.0.1:{port}"
         _wait_until_up(server, base_url, log_path)
@@ -102,18 +126,22 @@ def _wait_until_up(server: subprocess.Popen, base_url: str, log_path: Path) -> N
     raise AssertionError(f"label-studio not up after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
 
 
-def test_round_trip_through_label_studio(label_studio: LabelStudio, project: Path, pool_ids: list[str],
-                                         tmp_path: Path):
+def test_round_trip_through_label_studio(label_studio: LabelStudio, project: Path, pool_ids: list[str], tmp_path: Path):
     tasks_file, config_file = tmp_path / "tasks.json", tmp_path / "config.xml"
     assert main(["labels", "tasks", "--round", "1", "--out", str(tasks_file), "--project", str(project)]) == 0
     assert main(["labels", "config", "--out", str(config_file), "--project", str(project)]) == 0
 
-    created = label_studio.api("POST", "/api/projects", json={"title": "bilaf round 1",
-                                                               "label_config": config_file.read_text()}).json()
-    label_studio.api("POST", "/api/storages/localfiles", json={
-        "project": created["id"], "title": "pool images", "path": str(project / "data"), "use_blob_urls": False})
-    imported = label_studio.api("POST", f"/api/projects/{created['id']}/import",
-                                json=json.loads(tasks_file.read_text())).json()
+    created = label_studio.api(
+        "POST", "/api/projects", json={"title": "bilaf round 1", "label_config": config_file.read_text()}
+    ).json()
+    label_studio.api(
+        "POST",
+        "/api/storages/localfiles",
+        json={"project": created["id"], "title": "pool images", "path": str(project / "data"), "use_blob_urls": False},
+    )
+    imported = label_studio.api(
+        "POST", f"/api/projects/{created['id']}/import", json=json.loads(tasks_file.read_text())
+    ).json()
     assert imported["task_count"] == BATCH_SIZE
     tasks = label_studio.api("GET", "/api/tasks", params={"project": created["id"], "page_size": 100}).json()["tasks"]
     assert sorted(task["data"]["item_id"] for task in tasks) == sorted(pool_ids[:BATCH_SIZE])
@@ -124,15 +152,27 @@ def test_round_trip_through_label_studio(label_studio: LabelStudio, project: Pat
         image = label_studio.api("GET", task["data"]["image"])
         assert image.content == (project / "data" / "images" / "train" / f"{item}.png").read_bytes()
         annotated[item] = CLASSES[(task["data"]["rank"] + 1) % len(CLASSES)]  # not the manifest's class
-        label_studio.api("POST", f"/api/tasks/{task['id']}/annotations", json={"result": [
-            {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [annotated[item]]}}]})
+        label_studio.api(
+            "POST",
+            f"/api/tasks/{task['id']}/annotations",
+            json={
+                "result": [
+                    {
+                        "from_name": "label",
+                        "to_name": "image",
+                        "type": "choices",
+                        "value": {"choices": [annotated[item]]},
+                    }
+                ]
+            },
+        )
 
     for export_type, name in EXPORTS.items():
         export = tmp_path / name
-        export.write_bytes(label_studio.api("GET", f"/api/projects/{created['id']}/export",
-                                            params={"exportType": export_type}).content)
+        export.write_bytes(
+            label_studio.api("GET", f"/api/projects/{created['id']}/export", params={"exportType": export_type}).content
+        )
         shutil.rmtree(project / "labels", ignore_errors=True)
         assert main(["labels", "import", str(export), "--round", "1", "--project", str(project)]) == 0, export_type
-        stored = load_labels(project / "labels", pool_ids=pool_ids, classes=CLASSES,
-                             batches={1: pool_ids[:BATCH_SIZE]})
+        stored = load_labels(project / "labels", pool_ids=pool_ids, classes=CLASSES, batches={1: pool_ids[:BATCH_SIZE]})
         assert stored == dict(sorted(annotated.items())), export_type

@@ -1,4 +1,5 @@
 """Label Studio tasks (local-files URLs under a document root) and the labeling config."""
+
 from __future__ import annotations
 
 import math
@@ -12,13 +13,30 @@ from bilaf.annotation import document_root_for, label_studio_tasks, labeling_con
 
 def test_tasks_point_at_local_files_under_the_document_root(tmp_path):
     image = tmp_path / "data" / "images" / "my train" / "a#1.png"
-    rows = [{"rank": 0, "id": "00ff", "path": "images/my train/a#1.png", "role": "core", "cluster": 3,
-             "boundary_score": math.nan}]
+    rows = [
+        {
+            "rank": 0,
+            "id": "00ff",
+            "path": "images/my train/a#1.png",
+            "role": "core",
+            "cluster": 3,
+            "boundary_score": math.nan,
+        }
+    ]
     (task,) = label_studio_tasks(rows, {"00ff": image}, tmp_path)
-    assert task == {"data": {"image": "/data/local-files/?d=data/images/my%20train/a%231.png", "item_id": "00ff",
-                             "rank": 0, "role": "core", "cluster": 3, "boundary_score": None}}
+    assert task == {
+        "data": {
+            "image": "/data/local-files/?d=data/images/my%20train/a%231.png",
+            "item_id": "00ff",
+            "rank": 0,
+            "role": "core",
+            "cluster": 3,
+            "boundary_score": None,
+        }
+    }
     assert label_studio_tasks(rows, {"00ff": image}, tmp_path / "data")[0]["data"]["image"] == (
-        "/data/local-files/?d=images/my%20train/a%231.png")
+        "/data/local-files/?d=images/my%20train/a%231.png"
+    )
 
 
 def test_an_image_outside_the_document_root_says_to_set_it(tmp_path):
@@ -35,8 +53,9 @@ def test_the_document_root_is_the_project_unless_an_image_lies_outside_it(tmp_pa
     assert document_root_for(inside, project) == project
     outside = [*inside, tmp_path / "work" / "photos" / "cats" / "c.jpg"]
     assert document_root_for(outside, project) == tmp_path / "work"
-    tasks = label_studio_tasks([{"rank": 0, "id": "c", "role": "boundary"}], {"c": outside[-1]},
-                               document_root_for(outside, project))
+    tasks = label_studio_tasks(
+        [{"rank": 0, "id": "c", "role": "boundary"}], {"c": outside[-1]}, document_root_for(outside, project)
+    )
     assert tasks[0]["data"]["image"] == "/data/local-files/?d=photos/cats/c.jpg"
 
 

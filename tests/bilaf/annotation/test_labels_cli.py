@@ -1,4 +1,5 @@
 """`bilaf labels import|tasks|config` on a real project folder."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ def test_import_prints_what_it_did_and_a_second_import_is_a_no_op(project, pool_
     labels = load_labels(project / "labels", pool_ids=pool_ids, classes=CLASSES, batches={1: pool_ids[:BATCH_SIZE]})
     assert len(labels) == 5
     before = store_bytes(project / "labels")
-    assert main(["labels", "import", str(FIXTURES / "label_studio_round.csv"), "--round", "1",
-                 "--project", str(project)]) == 0
+    assert (
+        main(["labels", "import", str(FIXTURES / "label_studio_round.csv"), "--round", "1", "--project", str(project)])
+        == 0
+    )
     assert "0 label(s) added, 5 already known, 1 not annotated yet" in capsys.readouterr().out
     assert store_bytes(project / "labels") == before
 
@@ -43,28 +46,76 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(project, capsys):
 
 def test_import_in_a_dvc_project_records_the_labels_version(project, capsys):
     dvc.run_dvc(project, "init", "--no-scm", "-q")
-    assert main(["labels", "import", str(FIXTURES / "label_studio_round.min.json"), "--round", "1",
-                 "--project", str(project)]) == 0
+    assert (
+        main(
+            [
+                "labels",
+                "import",
+                str(FIXTURES / "label_studio_round.min.json"),
+                "--round",
+                "1",
+                "--project",
+                str(project),
+            ]
+        )
+        == 0
+    )
     recorded = yaml.safe_load((project / "labels.dvc").read_text())["outs"][0]
     assert recorded["path"] == "labels" and f"labels.dvc md5 {dvc.md5_of(recorded)}" in capsys.readouterr().out
 
 
 def test_tasks_for_another_document_root_and_the_labeling_config(project, pool_ids, capsys, tmp_path):
     out = tmp_path / "tasks.json"
-    assert main(["labels", "tasks", "--round", "1", "--document-root", str(project / "data"), "--out", str(out),
-                 "--project", str(project)]) == 0
+    assert (
+        main(
+            [
+                "labels",
+                "tasks",
+                "--round",
+                "1",
+                "--document-root",
+                str(project / "data"),
+                "--out",
+                str(out),
+                "--project",
+                str(project),
+            ]
+        )
+        == 0
+    )
     assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={project / 'data'}" in capsys.readouterr().out
     tasks = json.loads(out.read_text())
     assert [task["data"]["item_id"] for task in tasks] == pool_ids[:BATCH_SIZE]
-    assert tasks[2]["data"] == {"image": f"/data/local-files/?d=images/train/{pool_ids[2]}.png", "item_id": pool_ids[2],
-                                "rank": 2, "role": "core", "cluster": 2, "boundary_score": None}
+    assert tasks[2]["data"] == {
+        "image": f"/data/local-files/?d=images/train/{pool_ids[2]}.png",
+        "item_id": pool_ids[2],
+        "rank": 2,
+        "role": "core",
+        "cluster": 2,
+        "boundary_score": None,
+    }
     assert main(["labels", "tasks", "--round", "1", "--out", str(out), "--project", str(project)]) == 0
     default_root = json.loads(out.read_text())[0]["data"]["image"]
     assert default_root == f"/data/local-files/?d=data/images/train/{pool_ids[0]}.png"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    assert main(["labels", "tasks", "--round", "1", "--document-root", str(elsewhere), "--out", str(out),
-                 "--project", str(project)]) == 2
+    assert (
+        main(
+            [
+                "labels",
+                "tasks",
+                "--round",
+                "1",
+                "--document-root",
+                str(elsewhere),
+                "--out",
+                str(out),
+                "--project",
+                str(project),
+            ]
+        )
+        == 2
+    )
     assert "outside the Label Studio document root" in capsys.readouterr().err
 
     config = tmp_path / "config.xml"

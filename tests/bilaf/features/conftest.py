@@ -1,4 +1,5 @@
 """Shared fixtures: a small real Fashion-MNIST pool and the packaged backbone (both built once)."""
+
 from __future__ import annotations
 
 import os

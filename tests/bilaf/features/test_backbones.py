@@ -1,4 +1,5 @@
 """Backbones: the packaged weights are real ImageNet weights, loading is explicit and strict."""
+
 from __future__ import annotations
 
 import time

@@ -1,5 +1,6 @@
 """`bilaf data sync`, `bilaf ingest`, `bilaf embed` and `bilaf select` on an embeddings folder, end to end on tiny
 pools."""
+
 from __future__ import annotations
 
 import csv
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dagster_project.cli import main
 from bilaf.dvc import run_dvc
 from bilaf.features import load_embeddings, pool_version, read_manifest
 from bilaf.selection import SelectionResult, select
+from dagster_project.cli import main
 
 
 def _write_png(path: Path, value: int) -> None:
@@ -26,12 +27,10 @@ def _write_png(path: Path, value: int) -> None:
 
 def test_sync_then_embed(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "artifacts" / "embeddings"
-    assert main(["data", "sync", "--out", str(data), "--train-size", "20", "--test-size", "10",
-                 "--seed", "2"]) == 0
+    assert main(["data", "sync", "--out", str(data), "--train-size", "20", "--test-size", "10", "--seed", "2"]) == 0
     assert "train 20 (+20), test 10 (+10)" in capsys.readouterr().out
     assert len(read_manifest(data)) == 30
-    assert main(["embed", "--data", str(data), "--out", str(out), "--image-size", "32",
-                 "--batch-size", "16"]) == 0
+    assert main(["embed", "--data", str(data), "--out", str(out), "--image-size", "32", "--batch-size", "16"]) == 0
     assert "30 x 1280 (30 computed, 0 from cache" in capsys.readouterr().out
     assert (tmp_path / "artifacts" / "embedding_cache").is_dir()  # default cache: next to the output
     assert load_embeddings(out).features.shape == (30, 1280)
@@ -41,15 +40,46 @@ def test_sync_then_embed(tmp_path, capsys):
 
 def test_select_from_an_embeddings_folder_names_the_items_and_keeps_to_a_split(small_pool, tmp_path, capsys):
     out = tmp_path / "embeddings"
-    assert main(["embed", "--data", str(small_pool), "--out", str(out), "--image-size", "32", "--batch-size", "16",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(small_pool),
+                "--out",
+                str(out),
+                "--image-size",
+                "32",
+                "--batch-size",
+                "16",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     embeddings, manifest = load_embeddings(out), read_manifest(small_pool)
     path_of = dict(zip(manifest["id"], manifest["path"]))
     ids = embeddings.ids.tolist()
     flags = ["--cores", "3", "--n-iterations", "5"]
 
-    assert main(["select", "--features", str(out), "--data", str(small_pool), "--budget", "9", *flags,
-                 "--out", str(tmp_path / "all.csv")]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                str(out),
+                "--data",
+                str(small_pool),
+                "--budget",
+                "9",
+                *flags,
+                "--out",
+                str(tmp_path / "all.csv"),
+            ]
+        )
+        == 0
+    )
     assert "selected 9 of 64 items" in capsys.readouterr().out
     with (tmp_path / "all.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -59,8 +89,23 @@ def test_select_from_an_embeddings_folder_names_the_items_and_keeps_to_a_split(s
     assert [row["path"] for row in rows] == [str(small_pool / path_of[ids[index]]) for index in expected.indices]
     assert all(Path(row["path"]).is_file() for row in rows)
 
-    assert main(["select", "--features", str(out), "--split", "test", "--budget", "6", *flags,
-                 "--out", str(tmp_path / "test.json")]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                str(out),
+                "--split",
+                "test",
+                "--budget",
+                "6",
+                *flags,
+                "--out",
+                str(tmp_path / "test.json"),
+            ]
+        )
+        == 0
+    )
     assert "selected 6 of 16 test items" in capsys.readouterr().out
     written = json.loads((tmp_path / "test.json").read_text())
     test_rows = np.flatnonzero(embeddings.splits == "test")
@@ -71,8 +116,22 @@ def test_select_from_an_embeddings_folder_names_the_items_and_keeps_to_a_split(s
     assert {embeddings.splits[index] for index in written["indices"]} == {"test"}
 
     np.save(tmp_path / "f.npy", embeddings.features)
-    assert main(["select", "--features", str(tmp_path / "f.npy"), "--split", "train", "--budget", "4",
-                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                str(tmp_path / "f.npy"),
+                "--split",
+                "train",
+                "--budget",
+                "4",
+                "--out",
+                str(tmp_path / "x.csv"),
+            ]
+        )
+        == 2
+    )
     assert "--split and --data need an embeddings folder" in capsys.readouterr().err
 
 
@@ -108,8 +167,10 @@ def test_ingest_records_the_new_version_in_a_dvc_project(tmp_path, capsys):
 def test_user_errors_exit_2_with_the_reason(tmp_path, capsys):
     assert main(["embed", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert f"data directory {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
-    assert main(["data", "sync", "--source", "image-folder", "--root", str(tmp_path),
-                 "--out", str(tmp_path / "data")]) == 2
+    assert (
+        main(["data", "sync", "--source", "image-folder", "--root", str(tmp_path), "--out", str(tmp_path / "data")])
+        == 2
+    )
     assert "contains no image files" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "nowhere"), "--project", str(tmp_path)]) == 2
     assert f"bilaf ingest: error: image folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err

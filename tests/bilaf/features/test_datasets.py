@@ -1,4 +1,5 @@
 """Sources, image normalisation, the Fashion-MNIST pool, transforms and PoolDataset."""
+
 from __future__ import annotations
 
 import gzip
@@ -38,6 +39,7 @@ def _png(array: np.ndarray, mode: str | None = None) -> bytes:
 
 
 # ------------------------------------------------------------------------------ Fashion-MNIST
+
 
 def test_fashion_mnist_pool_is_stratified_with_content_ids(small_pool):
     frame = read_manifest(small_pool)
@@ -149,6 +151,7 @@ def test_unknown_source_and_bad_arguments(tmp_path):
 
 # ------------------------------------------------------------------------------ normalisation
 
+
 def test_awkward_image_files_are_normalised(tmp_path):
     """Modes, bit depths and transparency end up as 8-bit L or RGB, read from the user's files."""
     folder = tmp_path / "incoming" / "thing"
@@ -165,8 +168,11 @@ def test_awkward_image_files_are_normalised(tmp_path):
     dataset = PoolDataset(tmp_path / "data", verify_ids=True)
     images = {Path(dataset.frame.at[i, "path"]).name: dataset.image(i) for i in range(len(dataset))}
     assert {name: (image.mode, image.size) for name, image in images.items()} == {
-        "alpha.png": ("RGB", (4, 4)), "deep.png": ("L", (3, 3)), "palette.gif": ("RGB", (8, 8)),
-        "gray.jpg": ("L", (9, 9))}
+        "alpha.png": ("RGB", (4, 4)),
+        "deep.png": ("L", (3, 3)),
+        "palette.gif": ("RGB", (8, 8)),
+        "gray.jpg": ("L", (9, 9)),
+    }
     alpha = np.asarray(images["alpha.png"])
     assert (alpha[2:] == 255).all() and (alpha[:2, :, 0] == 200).all()  # transparent -> white
     assert np.asarray(images["deep.png"])[0].tolist() == [0, 128, 255]  # 16 bit scaled to 8 bit
@@ -178,6 +184,7 @@ def test_normalize_rejects_float_images():
 
 
 # ------------------------------------------------------------------------------ reading the pool
+
 
 def test_transform_makes_normalised_rgb_tensors():
     transform = build_transform(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -194,8 +201,7 @@ def test_transform_makes_normalised_rgb_tensors():
 def test_pool_dataset_returns_labels_and_detects_changed_files(small_pool, tmp_path):
     pool = tmp_path / "pool"
     shutil.copytree(small_pool, pool)
-    dataset = PoolDataset(pool, split="test", transform=build_transform(32, (0.5,) * 3, (0.5,) * 3),
-                          verify_ids=True)
+    dataset = PoolDataset(pool, split="test", transform=build_transform(32, (0.5,) * 3, (0.5,) * 3), verify_ids=True)
     image, label = dataset[0]
     assert len(dataset) == SMALL_TEST and image.shape == (3, 32, 32)
     assert label == read_manifest(pool).query("split == 'test'")["label"].iloc[0]

@@ -1,4 +1,5 @@
 """Embedding store: correct rows, deterministic bytes, incremental and resumable caching."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ OUTPUT_FILES = ("features.npy", "index.csv", "meta.json")
 
 def _embed(data_dir: Path, work: Path, **options):
     options = {"image_size": SIZE, "batch_size": 8, "shard_size": 16, **options}
-    return embed_pool(data_dir, work / "out", backbone="tf_efficientnet_lite0", weights="packaged",
-                      cache_dir=work / "cache", **options)
+    return embed_pool(
+        data_dir,
+        work / "out",
+        backbone="tf_efficientnet_lite0",
+        weights="packaged",
+        cache_dir=work / "cache",
+        **options,
+    )
 
 
 def _bytes(out: Path) -> dict[str, bytes]:
@@ -54,7 +61,7 @@ def test_rows_follow_the_manifest_and_match_a_direct_forward(small_pool, referen
     dataset = PoolDataset(small_pool, transform=build_transform(SIZE, backbone.mean, backbone.std))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     with torch.inference_mode():
-        direct = torch.cat([backbone.model(images[i:i + 8].to(backbone.device)) for i in range(0, 64, 8)])
+        direct = torch.cat([backbone.model(images[i : i + 8].to(backbone.device)) for i in range(0, 64, 8)])
     np.testing.assert_allclose(embeddings.features, direct.cpu().numpy(), rtol=1e-5, atol=1e-5)
     assert np.unique(embeddings.features.round(3), axis=0).shape[0] == 64  # distinct items, distinct rows
 
@@ -129,8 +136,9 @@ def test_a_failed_run_keeps_finished_shards(small_pool, reference, tmp_path):
 def test_features_do_not_depend_on_batch_composition(small_pool, reference, tmp_path):
     work, _ = reference
     info = _embed(small_pool, tmp_path, batch_size=24, shard_size=40)
-    np.testing.assert_allclose(load_embeddings(tmp_path / "out").features, load_embeddings(work / "out").features,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        load_embeddings(tmp_path / "out").features, load_embeddings(work / "out").features, rtol=1e-5, atol=1e-6
+    )
     assert info.config_hash == json.loads((work / "out" / "meta.json").read_text())["config_sha256"]
 
 
@@ -140,8 +148,7 @@ def test_a_new_configuration_gets_its_own_cache(small_pool, reference, tmp_path)
     shutil.copytree(work / "cache", copy / "cache")
     other = embed_pool(small_pool, copy / "out", image_size=32, batch_size=8, cache_dir=copy / "cache")
     assert other.computed == 64 and other.config_hash != info.config_hash
-    assert sorted(p.name for p in (copy / "cache").iterdir()) == sorted(
-        [info.config_hash[:16], other.config_hash[:16]])
+    assert sorted(p.name for p in (copy / "cache").iterdir()) == sorted([info.config_hash[:16], other.config_hash[:16]])
 
 
 def test_split_subset_and_bad_inputs(reference, tmp_path):

@@ -1,4 +1,5 @@
 """The allocator thresholds the embedding loop sets: freed batch-sized blocks are reused."""
+
 from __future__ import annotations
 
 import platform
@@ -26,8 +27,9 @@ def _faults(mode: str) -> tuple[str, int]:
     return retained, int(faults)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="the thresholds are glibc's")
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's"
+)
 def test_freed_batch_sized_blocks_are_reused_instead_of_faulted_in_again():
     _, default_faults = _faults("default")
     retained, retained_faults = _faults("retain")

@@ -1,4 +1,5 @@
 """The pool only grows: nested draws, referenced files, ingest reports, a content-defined manifest."""
+
 from __future__ import annotations
 
 import io
@@ -43,6 +44,7 @@ def _stamps(root: Path) -> dict[Path, int]:
 
 # ------------------------------------------------------------------------------ nested order
 
+
 def test_every_prefix_of_the_nested_order_is_stratified():
     rng = np.random.default_rng(5)
     labels = [None if value == 3 else int(value) for value in rng.choice(4, size=500, p=[0.5, 0.3, 0.15, 0.05])]
@@ -60,6 +62,7 @@ def test_every_prefix_of_the_nested_order_is_stratified():
 
 # ------------------------------------------------------------------------------ growing a pool
 
+
 def test_growing_keeps_every_item_and_stays_stratified(tmp_path):
     data = tmp_path / "data"
     sync_pool(data, "fashion-mnist", train_size=300, test_size=100, seed=0)
@@ -74,8 +77,7 @@ def test_growing_keeps_every_item_and_stays_stratified(tmp_path):
     assert after[after.split == "test"].equals(before[before.split == "test"])
     assert {p: p.read_bytes() for p in (data / "images" / "test").iterdir()} == test_files
     assert _stamps(data / "images" / "test") == test_stamps  # not even rewritten
-    source_counts = Counter(record.label for record in open_source("fashion-mnist").records
-                            if record.split == "train")
+    source_counts = Counter(record.label for record in open_source("fashion-mnist").records if record.split == "train")
     train_counts = after[after.split == "train"]["label"].value_counts()
     for label, total in source_counts.items():
         assert abs(train_counts[label] - 400 * total / sum(source_counts.values())) <= 1
@@ -112,8 +114,11 @@ def test_shrinking_is_refused_naming_the_key(small_pool, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_pool, data)
     stamps = _stamps(data)
-    with pytest.raises(ValueError, match="pools only grow: data.train_size 47 is below the 48 train items "
-                                         f"from fashion-mnist already in {re.escape(str(data))}/"):
+    with pytest.raises(
+        ValueError,
+        match="pools only grow: data.train_size 47 is below the 48 train items "
+        f"from fashion-mnist already in {re.escape(str(data))}/",
+    ):
         sync_pool(data, "fashion-mnist", train_size=47, test_size=16)
     with pytest.raises(ValueError, match="pools only grow: data.test_size 0 is below the 16 test items"):
         sync_pool(data, "fashion-mnist", train_size=48, test_size=0)
@@ -167,11 +172,16 @@ def test_train_test_folders_fix_the_split_and_other_files_are_ignored(tmp_path):
     report = sync_pool(tmp_path / "data", "image-folder", root=root, train_size=None, test_size=None)
     frame = read_manifest(tmp_path / "data")
     assert frame.groupby(["split", "class_name"]).size().to_dict() == {
-        ("test", "a"): 2, ("test", "b"): 2, ("train", "a"): 3, ("train", "b"): 3}
+        ("test", "a"): 2,
+        ("test", "b"): 2,
+        ("train", "a"): 3,
+        ("train", "b"): 3,
+    }
     assert report.unreadable == []
     assert [(entry["origin"].rsplit(":", 1)[1], entry["reason"]) for entry in report.ignored] == [
         ("README.md", "not an image file extension (.md)"),
-        ("stray.png", "image outside the train/ and test/ folders")]
+        ("stray.png", "image outside the train/ and test/ folders"),
+    ]
 
 
 def test_empty_missing_and_unreadable_only_folders(tmp_path):
@@ -189,6 +199,7 @@ def test_empty_missing_and_unreadable_only_folders(tmp_path):
 
 
 # ------------------------------------------------------------------------------ referenced files
+
 
 def test_folder_images_are_referenced_where_they_are(tmp_path):
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
@@ -214,6 +225,7 @@ def test_folder_images_are_referenced_where_they_are(tmp_path):
 
 
 # ------------------------------------------------------------------------------ ingest
+
 
 @pytest.fixture
 def messy_folder(tmp_path) -> Path:
@@ -245,17 +257,30 @@ def test_ingest_reports_duplicates_unreadable_and_ignored(messy_folder, tmp_path
     assert set(reasons) == {"dog/truncated.png", "dog/empty.jpg"}
     assert "empty file" in reasons["dog/empty.jpg"] and "cannot decode" in reasons["dog/truncated.png"]
     assert [(name(d["origin"]), name(d["duplicate_of"])) for d in report.duplicates] == [
-        ("dog/copy_of_rgb.png", "cat/rgb.png")]
+        ("dog/copy_of_rgb.png", "cat/rgb.png")
+    ]
     assert {name(i["origin"]): i["reason"] for i in report.ignored} == {
-        ".DS_Store": "hidden file", "README.md": "not an image file extension (.md)",
-        "cat/notes.txt": "not an image file extension (.txt)"}
+        ".DS_Store": "hidden file",
+        "README.md": "not an image file extension (.md)",
+        "cat/notes.txt": "not an image file extension (.txt)",
+    }
     assert (report.scanned, report.added) == (7, {"train": 4, "test": 0})
     frame = read_manifest(data)
     assert sorted(zip(frame["class_name"], frame["label"].fillna(-1))) == [
-        ("", -1), ("cat", 0), ("cat", 0), ("dog", 1)]  # the loose file is unlabelled
+        ("", -1),
+        ("cat", 0),
+        ("cat", 0),
+        ("dog", 1),
+    ]  # the loose file is unlabelled
     written = json.loads((data / REPORT_NAME).read_text())
-    assert written["counts"] == {"scanned": 7, "added": {"train": 4, "test": 0}, "duplicates": 1,
-                                 "unreadable": 2, "ignored": 3, "items": {"train": 4, "test": 0}}
+    assert written["counts"] == {
+        "scanned": 7,
+        "added": {"train": 4, "test": 0},
+        "duplicates": 1,
+        "unreadable": 2,
+        "ignored": 3,
+        "items": {"train": 4, "test": 0},
+    }
 
     again = ingest_folder(data, messy_folder)
     assert again.num_added == 0 and len(again.duplicates) == 5  # the 4 already there + the copy
@@ -288,8 +313,11 @@ def test_ingest_into_a_pool_keeps_its_classes_and_finds_its_duplicates(small_poo
 
 
 def test_the_manifest_depends_on_content_not_on_file_order_or_names(tmp_path):
-    pictures = {f"{label}/{index}.png": _tile(index * 9 + (label == "dog") * 100)
-                for label in ("cat", "dog") for index in range(6)}
+    pictures = {
+        f"{label}/{index}.png": _tile(index * 9 + (label == "dog") * 100)
+        for label in ("cat", "dog")
+        for index in range(6)
+    }
 
     def ingest(project: Path, names: dict[str, str], order: list[str]) -> Path:
         for key in order:
@@ -325,6 +353,7 @@ def test_the_manifest_depends_on_content_not_on_file_order_or_names(tmp_path):
 
 # ------------------------------------------------------------------------------ the manifest
 
+
 def test_an_old_manifest_without_origin_still_reads_and_syncs(small_pool, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_pool, data)
@@ -349,13 +378,16 @@ def test_pool_version_ignores_paths_but_not_content(small_pool, tmp_path):
     assert pool_version(data) != pool_version(small_pool)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda f: f.assign(extra=1), r"has columns .*'extra'"),
-    (lambda f: f.assign(split="valid"), "split 'valid' is not one of"),
-    (lambda f: f.assign(label="x"), "label 'x' is not a class index"),
-    (lambda f: f.assign(class_name="same"), "class_name 'same' stands for several classes"),
-    (lambda f: pd.concat([f, f.iloc[:1]]), "lists id .* twice"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f: f.assign(extra=1), r"has columns .*'extra'"),
+        (lambda f: f.assign(split="valid"), "split 'valid' is not one of"),
+        (lambda f: f.assign(label="x"), "label 'x' is not a class index"),
+        (lambda f: f.assign(class_name="same"), "class_name 'same' stands for several classes"),
+        (lambda f: pd.concat([f, f.iloc[:1]]), "lists id .* twice"),
+    ],
+)
 def test_read_manifest_validates(small_pool, tmp_path, change, message):
     data = tmp_path / "data"
     data.mkdir()

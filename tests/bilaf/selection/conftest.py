@@ -1,4 +1,5 @@
 """Shared fixtures for the selection engine tests."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,9 @@ def single_torch_thread():
     torch.set_num_threads(previous)
 
 
-def gaussian_mixture(n_items: int, n_components: int, dim: int, spread: float, seed: int,
-                     dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_mixture(
+    n_items: int, n_components: int, dim: int, spread: float, seed: int, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit-variance blobs around random means scaled by ``spread``; (features, labels)."""
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(n_components, dim)) * spread

@@ -1,4 +1,5 @@
 """BiLAF default variant: guarantees and behaviour on mixtures whose right answer is known."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -7,19 +8,23 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from bilaf.selection import (CORE_METHODS, _geometry, denoise, select, select_boundary,
-                                       select_cores)
+from bilaf.selection import CORE_METHODS, _geometry, denoise, select, select_boundary, select_cores
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize(("n_items", "n_components", "n_cores", "budget", "seed"), [
-    (1200, 5, 10, 60, 0), (2000, 12, 40, 400, 1), (900, 3, 30, 31, 2), (600, 4, 8, 520, 3),
-])
-def test_default_variant_exact_budget_distinct_and_every_core(mixture, n_items, n_components,
-                                                               n_cores, budget, seed):
+@pytest.mark.parametrize(
+    ("n_items", "n_components", "n_cores", "budget", "seed"),
+    [
+        (1200, 5, 10, 60, 0),
+        (2000, 12, 40, 400, 1),
+        (900, 3, 30, 31, 2),
+        (600, 4, 8, 520, 3),
+    ],
+)
+def test_default_variant_exact_budget_distinct_and_every_core(mixture, n_items, n_components, n_cores, budget, seed):
     features, _ = mixture(n_items, n_components, 16, 3.0, seed)
     result = select(features, budget, n_cores=n_cores, seed=seed, n_iterations=30)
     picked = result.indices.tolist()
@@ -47,8 +52,13 @@ def test_budget_above_the_denoised_pool_is_refused(mixture):
 def test_boundary_picks_lie_nearer_the_decision_boundary_than_cores(mixture):
     features, _ = mixture(3000, 6, 24, 1.2, 5)
     for core_method in ("activeft", "kmeans"):
-        result = select(features, 150, n_cores=12, core_method=core_method,
-                        **({"n_iterations": 50} if core_method == "activeft" else {}))
+        result = select(
+            features,
+            150,
+            n_cores=12,
+            core_method=core_method,
+            **({"n_iterations": 50} if core_method == "activeft" else {}),
+        )
         unit = _unit(features)
         to_cores = np.sort(cdist(unit, unit[result.core_indices]), axis=1)
         margin = to_cores[:, 1] - to_cores[:, 0]  # 0 on the decision boundary between two cores
@@ -68,7 +78,7 @@ def test_denoising_removes_the_peripheral_items():
     for variant in ("default", "repo"):
         pool = denoise(features, cores, variant=variant, normalize=False)
         removed = ~pool.kept
-        assert removed[len(blobs):].mean() >= 0.9
+        assert removed[len(blobs) :].mean() >= 0.9
         to_own_core = np.linalg.norm(features - features[pool.cores[pool.assignment]], axis=1)
         assert to_own_core[removed].mean() > 1.5 * to_own_core[pool.kept].mean()
         assert pool.kept[pool.cores].all()
@@ -77,17 +87,22 @@ def test_denoising_removes_the_peripheral_items():
 def _rival_counts(penalty: float) -> Counter:
     """One big cluster with a near rival (right) and two far ones (left, top)."""
     rng = np.random.default_rng(0)
-    features = np.concatenate([rng.normal(size=(600, 2)),
-                               rng.normal(size=(80, 2)) * 0.6 + [4.5, 0.0],
-                               rng.normal(size=(80, 2)) * 0.6 + [-7.0, 0.0],
-                               rng.normal(size=(80, 2)) * 0.6 + [0.0, 7.0]])
-    cores = [int(np.argmin(((features - centre) ** 2).sum(1)))
-             for centre in ([0.0, 0.0], [4.5, 0.0], [-7.0, 0.0], [0.0, 7.0])]
+    features = np.concatenate(
+        [
+            rng.normal(size=(600, 2)),
+            rng.normal(size=(80, 2)) * 0.6 + [4.5, 0.0],
+            rng.normal(size=(80, 2)) * 0.6 + [-7.0, 0.0],
+            rng.normal(size=(80, 2)) * 0.6 + [0.0, 7.0],
+        ]
+    )
+    cores = [
+        int(np.argmin(((features - centre) ** 2).sum(1)))
+        for centre in ([0.0, 0.0], [4.5, 0.0], [-7.0, 0.0], [0.0, 7.0])
+    ]
     pool = denoise(features, cores, normalize=False)
     result = select_boundary(features, cores, pool, 24, penalty=penalty)
     big = int(np.flatnonzero(np.sort(cores) == cores[0])[0])
-    return Counter(p.rival_center for p in result.picks
-                   if p.cluster == big and p.role == "boundary")
+    return Counter(p.rival_center for p in result.picks if p.cluster == big and p.role == "boundary")
 
 
 def test_opponent_penalty_spreads_picks_over_rival_centres():
@@ -100,11 +115,11 @@ def test_opponent_penalty_spreads_picks_over_rival_centres():
 
 def test_penalty_factors_are_recorded_per_rival():
     rng = np.random.default_rng(1)
-    features = np.concatenate([rng.normal(size=(400, 2)), rng.normal(size=(60, 2)) + [5.0, 0],
-                               rng.normal(size=(60, 2)) + [-6.0, 0]])
+    features = np.concatenate(
+        [rng.normal(size=(400, 2)), rng.normal(size=(60, 2)) + [5.0, 0], rng.normal(size=(60, 2)) + [-6.0, 0]]
+    )
     cores = [0, 400, 460]
-    result = select_boundary(features, cores, denoise(features, cores, normalize=False), 30,
-                             penalty=1.3)
+    result = select_boundary(features, cores, denoise(features, cores, normalize=False), 30, penalty=1.3)
     for cluster in range(3):
         seen: Counter = Counter()
         for pick in (p for p in result.picks if p.cluster == cluster and p.role == "boundary"):
@@ -163,8 +178,11 @@ def test_paper_and_code_forms_are_selectable(mixture):
     assert np.array_equal(paper.assignment, code.assignment)
     assert not np.array_equal(paper.kept, code.kept)
     base = select_boundary(features, cores, code, 120)
-    for switch, value in (("penalty_scope", "all"), ("intra_distance", "remaining"),
-                          ("budget_rule", "largest_remainder")):
+    for switch, value in (
+        ("penalty_scope", "all"),
+        ("intra_distance", "remaining"),
+        ("budget_rule", "largest_remainder"),
+    ):
         other = select_boundary(features, cores, code, 120, **{switch: value})
         assert other.params[switch] == value and len(other) == 120
         assert other.indices.tolist() != base.indices.tolist()

@@ -1,4 +1,5 @@
 """Stage 1 core methods and the distance helpers they share."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,8 @@ import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 
 from bilaf.selection import ActiveFTParams, select, select_cores
-from bilaf.selection._geometry import claim_items, scatter_rows, top_matches
 from bilaf.selection import activeft as activeft_module
+from bilaf.selection._geometry import claim_items, scatter_rows, top_matches
 from bilaf.selection.activeft import OwnerTracker, _loss
 
 
@@ -47,22 +48,21 @@ def test_activeft_loss_and_gradient_match_the_spec_formulas(form, reference):
 @pytest.mark.parametrize("loss", ["code", "paper"])
 def test_activeft_lowers_its_loss_and_covers_the_pool(mixture, loss):
     features, _ = mixture(2500, 10, 16, 2.0, 0)
-    cores = select_cores(features, 20, "activeft", seed=1, n_iterations=150, loss=loss,
-                         learning_rate=1e-2)
+    cores = select_cores(features, 20, "activeft", seed=1, n_iterations=150, loss=loss, learning_rate=1e-2)
     assert cores.params["final_loss"] < cores.params["initial_loss"]
     assert len(set(cores.indices.tolist())) == 20
     assert cores.indices.tolist() == sorted(cores.indices.tolist())
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     coverage = cdist(unit, unit[cores.indices]).min(axis=1).mean()
-    random_coverage = np.mean([cdist(unit, unit[select_cores(features, 20, "random", seed=s)
-                                                 .indices]).min(axis=1).mean() for s in range(5)])
+    random_coverage = np.mean(
+        [cdist(unit, unit[select_cores(features, 20, "random", seed=s).indices]).min(axis=1).mean() for s in range(5)]
+    )
     assert coverage < random_coverage
 
 
 def test_activeft_minibatches_are_seeded(mixture):
     features, _ = mixture(3000, 5, 8, 3.0, 2)
-    runs = [select_cores(features, 15, "activeft", seed=4, n_iterations=20, batch_size=500)
-            for _ in range(2)]
+    runs = [select_cores(features, 15, "activeft", seed=4, n_iterations=20, batch_size=500) for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0].params["batch_size"] == 500
 
@@ -92,8 +92,7 @@ def test_random_is_seeded_and_distinct(mixture):
 def test_baselines_report_their_name_as_role(mixture):
     features, _ = mixture(600, 3, 8, 3.0, 6)
     for method in ("random", "kmeans", "kcenter", "activeft"):
-        result = select(features, 30, method, **({"n_iterations": 5} if method == "activeft"
-                                                  else {}))
+        result = select(features, 30, method, **({"n_iterations": 5} if method == "activeft" else {}))
         assert {p.role for p in result.picks} == {method}
         assert result.clusters == () and len(set(result.indices.tolist())) == 30
 
@@ -111,8 +110,7 @@ def test_scatter_rows_sums_rows_per_group():
     rows = torch.randn(10_000, 7, generator=generator, dtype=torch.float64)
     weights = torch.randn(10_000, generator=generator, dtype=torch.float64)
     owner = torch.randint(0, 5, (10_000,), generator=generator)
-    expected = torch.stack([(rows[owner == g] * weights[owner == g, None]).sum(0)
-                            for g in range(5)])
+    expected = torch.stack([(rows[owner == g] * weights[owner == g, None]).sum(0) for g in range(5)])
     torch.testing.assert_close(scatter_rows(owner, rows, weights, 5), expected)
 
 
@@ -133,8 +131,7 @@ def test_claim_items_matches_the_spec_map_back(mixture):
     anchors[20:] = anchors[:20]  # repeated anchors exhaust short shortlists
     expected = _spec_map_back(anchors, items)
     for shortlist in (2, 64):
-        claimed = claim_items(torch.from_numpy(anchors).float(), torch.from_numpy(items),
-                              "dot", shortlist=shortlist)
+        claimed = claim_items(torch.from_numpy(anchors).float(), torch.from_numpy(items), "dot", shortlist=shortlist)
         assert claimed.tolist() == expected
 
 

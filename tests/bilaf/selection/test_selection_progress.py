@@ -1,4 +1,5 @@
 """Progress of the selection loops: events for a listener, a few lines in a run log, the same picks."""
+
 from __future__ import annotations
 
 import math
@@ -6,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from dagster_project.defs.progress import ProgressLog
 from bilaf.selection import select, select_cores
 from bilaf.selection.progress import reporting_progress
+from dagster_project.defs.progress import ProgressLog
 
 
 def test_activeft_reports_every_iteration_with_its_loss(mixture):
@@ -36,8 +37,11 @@ def test_picks_are_identical_with_and_without_a_listener(mixture, labeled):
         reported = select(features, 30, "bilaf", **options)
     assert reported == quiet
     finished = {event.task for event in events if event.done == event.total}
-    expected = {"class regions", "IDC rings", "class boundary picks"} if labeled else \
-        {"ActiveFT", "IDC denoising", "boundary picks"}
+    expected = (
+        {"class regions", "IDC rings", "class boundary picks"}
+        if labeled
+        else {"ActiveFT", "IDC denoising", "boundary picks"}
+    )
     assert expected <= finished
 
 
@@ -55,5 +59,6 @@ def test_the_run_log_gets_a_line_per_tenth_of_the_iterations_with_the_loss(mixtu
     with reporting_progress(ProgressLog(log)):
         cores = select_cores(features, 5, "activeft", seed=0, n_iterations=45)
     assert [line.split(",")[0] for line in log.lines] == [
-        f"ActiveFT: {done}/45 ({done / 45:.0%})" for done in (5, 9, 14, 18, 23, 27, 32, 36, 41, 45)]
+        f"ActiveFT: {done}/45 ({done / 45:.0%})" for done in (5, 9, 14, 18, 23, 27, 32, 36, 41, 45)
+    ]
     assert log.lines[-1].endswith(f"loss {cores.params['final_loss']:.6g}")

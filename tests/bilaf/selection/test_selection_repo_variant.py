@@ -1,4 +1,5 @@
 """variant="repo" against a plain transcription of ALGORITHM.md §4.1-4.5, and its pinned quirks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,9 @@ from scipy.spatial.distance import cdist
 from bilaf.selection import _geometry, allocate_budget, denoise, select_boundary
 
 
-def spec_repo_selection(z: np.ndarray, cores: list[int], budget: int, k: int = 10,
-                        p_in: float = 0.1, p_rm: float = 0.1, delta: float = 1.1) -> list[int]:
+def spec_repo_selection(
+    z: np.ndarray, cores: list[int], budget: int, k: int = 10, p_in: float = 0.1, p_rm: float = 0.1, delta: float = 1.1
+) -> list[int]:
     """§4 step by step, with Python loops and SciPy cdist, exactly as the spec words it."""
     q = sorted(cores)
     n_clusters = len(q)
@@ -35,15 +37,14 @@ def spec_repo_selection(z: np.ndarray, cores: list[int], budget: int, k: int = 1
                 scored.append((np.mean(d[x][ranks]), x))
             scored.sort()
             grown += [x for _, x in scored[:s]]
-        denoised.append([group[p] for p in grown[:int(len(grown) * (1 - p_rm))]])
+        denoised.append([group[p] for p in grown[: int(len(grown) * (1 - p_rm))]])
     weights = np.array([len(h) for h in denoised])  # §4.4
     weights = 1.0 * weights / weights.sum()
     shares = np.floor(weights * budget).astype(int)
     for _ in range(budget - shares.sum()):
         smallest = 0
         for i in range(n_clusters):
-            if shares[i] < shares[smallest] or (shares[i] == shares[smallest]
-                                                and weights[i] > weights[smallest]):
+            if shares[i] < shares[smallest] or (shares[i] == shares[smallest] and weights[i] > weights[smallest]):
                 smallest = i
         shares[smallest] += 1
     picked = []
@@ -62,8 +63,7 @@ def spec_repo_selection(z: np.ndarray, cores: list[int], budget: int, k: int = 1
             candidates = [i for _, i in sorted((d[last][i], i) for i in candidates)[r:]]
             if last != core:
                 factor[rival[last]] *= delta
-            scores = [(outer[i] * factor[rival[i]] - intra[i]) / max(outer[i], intra[i])
-                      for i in candidates]
+            scores = [(outer[i] * factor[rival[i]] - intra[i]) / max(outer[i], intra[i]) for i in candidates]
             picks.append(candidates[int(np.argmin(scores))])
         picked += [h[p] for p in picks]
     return picked
@@ -84,9 +84,15 @@ def _repo_run(z: np.ndarray, cores: list[int], budget: int, **idc: float) -> lis
     return select_boundary(z, cores, pool, budget).indices.tolist()
 
 
-@pytest.mark.parametrize(("n_items", "n_clusters", "budget", "seed"), [
-    (600, 6, 60, 0), (900, 12, 150, 1), (700, 9, 500, 2), (450, 5, 12, 3),
-])
+@pytest.mark.parametrize(
+    ("n_items", "n_clusters", "budget", "seed"),
+    [
+        (600, 6, 60, 0),
+        (900, 12, 150, 1),
+        (700, 9, 500, 2),
+        (450, 5, 12, 3),
+    ],
+)
 def test_repo_variant_matches_spec_element_by_element(n_items, n_clusters, budget, seed):
     z, cores = _pool(n_items, n_clusters, seed)
     assert _repo_run(z, cores, budget) == spec_repo_selection(z, cores, budget)
@@ -95,8 +101,7 @@ def test_repo_variant_matches_spec_element_by_element(n_items, n_clusters, budge
 def test_repo_variant_matches_spec_with_other_hyperparameters():
     z, cores = _pool(800, 7, 4)
     expected = spec_repo_selection(z, cores, 90, k=4, p_in=0.07, p_rm=0.25, delta=1.5)
-    pool = denoise(z, cores, variant="repo", n_neighbors=4, ring_fraction=0.07,
-                   removal_ratio=0.25)
+    pool = denoise(z, cores, variant="repo", n_neighbors=4, ring_fraction=0.07, removal_ratio=0.25)
     assert select_boundary(z, cores, pool, 90, penalty=1.5).indices.tolist() == expected
 
 
@@ -151,8 +156,7 @@ def test_repo_variant_repeats_picks_when_a_share_exceeds_its_cluster():
     cores = [0, 8, 68, 128]
     pool = denoise(z, cores, variant="repo")
     sizes = [stats.denoised_size for stats in pool.clusters]
-    budget = next(b for b in range(len(z) // 2, sum(sizes))
-                  if (allocate_budget(b, sizes, "repo") > sizes).any())
+    budget = next(b for b in range(len(z) // 2, sum(sizes)) if (allocate_budget(b, sizes, "repo") > sizes).any())
     result = select_boundary(z, cores, pool, budget)
     shares = allocate_budget(budget, sizes, "repo")
     assert len(result) == budget
@@ -169,8 +173,7 @@ def test_repo_variant_repeats_picks_when_a_share_exceeds_its_cluster():
 
 def test_repo_variant_refuses_a_zero_cluster_budget():
     rng = np.random.default_rng(8)
-    z = np.concatenate([rng.normal(size=(200, 5)), rng.normal(size=(12, 5)) + 9,
-                        rng.normal(size=(12, 5)) - 9])
+    z = np.concatenate([rng.normal(size=(200, 5)), rng.normal(size=(12, 5)) + 9, rng.normal(size=(12, 5)) - 9])
     cores = [0, 200, 212]
     pool = denoise(z, cores, variant="repo")
     with pytest.raises(ValueError, match="no budget"):

@@ -1,4 +1,5 @@
 """Result serialisation and the `bilaf select` sub-command."""
+
 from __future__ import annotations
 
 import csv
@@ -7,10 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from dagster_project.cli import main
-from bilaf.selection import (CoreSelection, DenoisedPool, SelectionResult, denoise,
-                                       select, select_boundary, select_cores)
+from bilaf.selection import CoreSelection, DenoisedPool, SelectionResult, denoise, select, select_boundary, select_cores
 from bilaf.selection.results import RECORD_FIELDS
+from dagster_project.cli import main
 
 
 @pytest.fixture
@@ -26,8 +26,14 @@ def test_results_round_trip_through_json(features):
         restored = kind.from_dict(json.loads(json.dumps(obj.to_dict())))
         assert restored == obj
         assert restored.to_dict() == obj.to_dict()
-    assert np.array_equal(pool.members(0), pool.members(0))
-    assert pool.members(0)[0] == pool.cores[0]
+    restored_pool = DenoisedPool.from_dict(json.loads(json.dumps(pool.to_dict())))
+    members = restored_pool.members(0)  # kept items of cluster 0 in absorption order, from the JSON
+    points = features / np.linalg.norm(features, axis=1, keepdims=True) if pool.normalized else features
+    nearest = np.linalg.norm(points[:, None] - points[pool.cores][None], axis=2).argmin(axis=1)
+    assert set(members.tolist()) <= set(np.flatnonzero(nearest == 0).tolist())
+    assert len(members) == pool.clusters[0].denoised_size
+    assert np.all(np.diff(restored_pool.absorption_rank[members]) > 0)
+    assert members[0] == pool.cores[0]  # the core is absorbed first
 
 
 def test_result_arrays_are_read_only(features):
@@ -51,8 +57,23 @@ def test_records_hold_one_row_per_pick(features):
 def test_cli_writes_csv_from_npy(tmp_path, features, capsys):
     np.save(tmp_path / "f.npy", features)
     out = tmp_path / "out" / "selection.csv"
-    code = main(["select", "--features", str(tmp_path / "f.npy"), "--budget", "35", "--cores",
-                 "7", "--n-iterations", "5", "--penalty", "1.2", "--out", str(out)])
+    code = main(
+        [
+            "select",
+            "--features",
+            str(tmp_path / "f.npy"),
+            "--budget",
+            "35",
+            "--cores",
+            "7",
+            "--n-iterations",
+            "5",
+            "--penalty",
+            "1.2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and "selected 35 of 700" in capsys.readouterr().out
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
@@ -65,18 +86,37 @@ def test_cli_writes_csv_from_npy(tmp_path, features, capsys):
 def test_cli_writes_json_from_npz(tmp_path, features):
     np.savez(tmp_path / "f.npz", features=features)
     out = tmp_path / "selection.json"
-    assert main(["select", "--features", str(tmp_path / "f.npz"), "--budget", "20", "--method",
-                 "kmeans", "--variant", "repo", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                str(tmp_path / "f.npz"),
+                "--budget",
+                "20",
+                "--method",
+                "kmeans",
+                "--variant",
+                "repo",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = SelectionResult.from_dict(json.loads(out.read_text()))
     assert result == select(features, 20, "kmeans", variant="repo")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--out", "selection.txt"], "must end in .csv or .json"),
-    (["--features", "missing.npy"], "does not exist"),
-    (["--budget", "800"], "budget 800 is larger than the pool"),
-    (["--features", "wrong.npz"], "no array named 'features'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "selection.txt"], "must end in .csv or .json"),
+        (["--features", "missing.npy"], "does not exist"),
+        (["--budget", "800"], "budget 800 is larger than the pool"),
+        (["--features", "wrong.npz"], "no array named 'features'"),
+    ],
+)
 def test_cli_reports_user_errors(tmp_path, monkeypatch, features, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     np.save("f.npy", features)

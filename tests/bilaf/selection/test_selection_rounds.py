@@ -1,5 +1,6 @@
 """Selection that knows what earlier rounds left: labeled and pending items are never picked,
 coverage continues from them, and the label-aware boundary stage picks near real class borders."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,24 +8,29 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.linear_model import LogisticRegression
 
-from bilaf.selection import (ClassRegions, SelectionResult, class_regions, select,
-                                       select_class_boundary, select_cores)
+from bilaf.selection import ClassRegions, SelectionResult, class_regions, select, select_class_boundary, select_cores
 
-ALL_METHODS = [("random", {}), ("kmeans", {}), ("kcenter", {}), ("activeft", {"n_iterations": 40}),
-               ("bilaf", {"n_iterations": 40}), ("bilaf", {"n_cores": 0}), ("margin", {})]
+ALL_METHODS = [
+    ("random", {}),
+    ("kmeans", {}),
+    ("kcenter", {}),
+    ("activeft", {"n_iterations": 40}),
+    ("bilaf", {"n_iterations": 40}),
+    ("bilaf", {"n_cores": 0}),
+    ("margin", {}),
+]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _earlier_round(labels: np.ndarray, n_labeled: int, n_pending: int, seed: int = 0
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _earlier_round(labels: np.ndarray, n_labeled: int, n_pending: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Labels of ``n_labeled`` random items (-1 elsewhere) and ``n_pending`` other items."""
     order = np.random.default_rng(seed).permutation(len(labels))
     known = np.full(len(labels), -1)
     known[order[:n_labeled]] = labels[order[:n_labeled]]
-    return known, np.sort(order[n_labeled:n_labeled + n_pending])
+    return known, np.sort(order[n_labeled : n_labeled + n_pending])
 
 
 @pytest.mark.parametrize(("method", "options"), ALL_METHODS)
@@ -59,8 +65,9 @@ def _old_and_new_regions(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
     return features, labels, blob
 
 
-@pytest.mark.parametrize(("method", "options"), [("activeft", {"n_iterations": 150, "learning_rate": 1e-2}),
-                                                 ("kmeans", {}), ("kcenter", {})])
+@pytest.mark.parametrize(
+    ("method", "options"), [("activeft", {"n_iterations": 150, "learning_rate": 1e-2}), ("kmeans", {}), ("kcenter", {})]
+)
 def test_coverage_continues_from_the_anchors_into_new_data(method, options):
     features, labels, blob = _old_and_new_regions()
     picks = select_cores(features, 8, method, seed=0, labels=labels, **options).indices
@@ -119,8 +126,7 @@ def test_label_aware_boundary_picks_lie_near_the_real_class_border():
 def test_label_aware_round_spends_its_cores_on_coverage_first(mixture):
     features, truth = mixture(1200, 5, 10, 2.0, 5)
     labels, pending = _earlier_round(truth, 50, 20)
-    result = select(features, 40, "bilaf", n_cores=10, labels=labels, pending=pending, seed=0,
-                    n_iterations=40)
+    result = select(features, 40, "bilaf", n_cores=10, labels=labels, pending=pending, seed=0, n_iterations=40)
     roles = [p.role for p in result.picks]
     assert roles[:10] == ["core"] * 10 and roles[10:] == ["boundary"] * 30
     assert sum(stats.budget for stats in result.classes) == 30
@@ -145,14 +151,16 @@ def test_class_regions_grow_from_the_labeled_items_and_drop_the_periphery():
     assert regions.kept[labeled].all()
     for stats in regions.classes:
         members = np.flatnonzero(regions.assignment == stats.class_id)
-        first = members[np.argsort(regions.absorption_rank[members])][:stats.labeled]
+        first = members[np.argsort(regions.absorption_rank[members])][: stats.labeled]
         assert set(first.tolist()) == set(labeled[labels[labeled] == stats.class_id].tolist())
         assert stats.denoised_size == len(members) - int(0.2 * len(members))
         dropped = members[~regions.kept[members]]
         centre = features[labeled[labels[labeled] == stats.class_id]].mean(axis=0)
         kept = members[regions.kept[members]]
-        assert np.linalg.norm(features[dropped] - centre, axis=1).mean() > \
-            np.linalg.norm(features[kept] - centre, axis=1).mean()
+        assert (
+            np.linalg.norm(features[dropped] - centre, axis=1).mean()
+            > np.linalg.norm(features[kept] - centre, axis=1).mean()
+        )
     assert ClassRegions.from_dict(regions.to_dict()) == regions
 
 
@@ -174,27 +182,33 @@ def test_pending_without_labels_runs_one_shot_bilaf_on_the_rest(mixture):
     assert all(stats.core_index not in pending for stats in result.clusters)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"labels": np.zeros(10, dtype=int)}, "one entry per item"),
-    ({"labels": np.full(200, -1.0)}, "integer class indices"),
-    ({"labels": np.full(200, -3)}, ">= 0 or -1"),
-    ({"pending": [5, 5]}, "more than once"),
-    ({"pending": [250]}, "outside the pool"),
-    ({"labels": np.r_[0, np.full(199, -1)], "pending": [0]}, "both labeled and pending"),
-    ({"pending": np.arange(190)}, "larger than the 10 items neither labeled nor pending"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": np.zeros(10, dtype=int)}, "one entry per item"),
+        ({"labels": np.full(200, -1.0)}, "integer class indices"),
+        ({"labels": np.full(200, -3)}, ">= 0 or -1"),
+        ({"pending": [5, 5]}, "more than once"),
+        ({"pending": [250]}, "outside the pool"),
+        ({"labels": np.r_[0, np.full(199, -1)], "pending": [0]}, "both labeled and pending"),
+        ({"pending": np.arange(190)}, "larger than the 10 items neither labeled nor pending"),
+    ],
+)
 def test_bad_knowledge_is_refused_with_the_problem_named(kwargs, message):
     features = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32)
     with pytest.raises(ValueError, match=message):
         select(features, 20, "random", **kwargs)
 
 
-@pytest.mark.parametrize(("method", "kwargs", "message"), [
-    ("margin", {}, "needs labels of at least 2 classes"),
-    ("margin", {"labels": np.r_[np.zeros(5, int), np.full(195, -1)]}, "needs labels of at least 2 classes"),
-    ("bilaf", {"n_cores": 0}, "0 is allowed only once labels"),
-    ("bilaf", {"variant": "repo", "pending": [1, 2]}, "variant 'repo' reproduces one-shot"),
-])
+@pytest.mark.parametrize(
+    ("method", "kwargs", "message"),
+    [
+        ("margin", {}, "needs labels of at least 2 classes"),
+        ("margin", {"labels": np.r_[np.zeros(5, int), np.full(195, -1)]}, "needs labels of at least 2 classes"),
+        ("bilaf", {"n_cores": 0}, "0 is allowed only once labels"),
+        ("bilaf", {"variant": "repo", "pending": [1, 2]}, "variant 'repo' reproduces one-shot"),
+    ],
+)
 def test_methods_refuse_what_they_cannot_do(method, kwargs, message):
     features = np.random.default_rng(1).normal(size=(200, 5)).astype(np.float32) + 3.0
     with pytest.raises(ValueError, match=message):

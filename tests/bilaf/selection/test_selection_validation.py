@@ -1,4 +1,5 @@
 """Bad input gives a ValueError naming the problem, before any work starts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,28 +31,30 @@ def _zero_row() -> np.ndarray:
     return features
 
 
-@pytest.mark.parametrize(("features", "budget", "n_cores", "message"), [
-    (_with(5, np.nan), 10, 4, "row 5 contains NaN or infinite"),
-    (_with(9, np.inf), 10, 4, "row 9 contains NaN or infinite"),
-    (_features(), 61, 4, "budget 61 is larger than the pool"),
-    (_features(), 3, 4, "budget 3 is smaller than the number of cores"),
-    (_features(), 0, 4, "budget must be positive"),
-    (_features(), -2, 4, "budget must be positive"),
-    (_features(), 10, 0, "n_cores must be positive"),
-    (_features(), 60, 61, "n_cores 61 is larger than the pool"),
-    (_features(), 2.5, 4, "budget must be an integer"),
-    (_features(), True, 4, "budget must be an integer"),
-    (_duplicated(), 10, 4, "rows 7 and 41 are identical"),
-    (_zero_row(), 10, 4, "row 3 is all zeros"),
-    (_features()[0], 10, 4, "2-D array"),
-    (_features()[None], 10, 4, "2-D array"),
-    (np.empty((0, 4)), 10, 4, "features is empty"),
-    (np.empty((5, 0)), 1, 1, "features is empty"),
-    (np.array([["a", "b"], ["c", "d"]]), 1, 1, "real numbers"),
-    (None, 1, 1, "features is empty"),
-])
-def test_select_rejects_bad_input_before_any_work(monkeypatch, features, budget, n_cores,
-                                                  message):
+@pytest.mark.parametrize(
+    ("features", "budget", "n_cores", "message"),
+    [
+        (_with(5, np.nan), 10, 4, "row 5 contains NaN or infinite"),
+        (_with(9, np.inf), 10, 4, "row 9 contains NaN or infinite"),
+        (_features(), 61, 4, "budget 61 is larger than the pool"),
+        (_features(), 3, 4, "budget 3 is smaller than the number of cores"),
+        (_features(), 0, 4, "budget must be positive"),
+        (_features(), -2, 4, "budget must be positive"),
+        (_features(), 10, 0, "n_cores must be positive"),
+        (_features(), 60, 61, "n_cores 61 is larger than the pool"),
+        (_features(), 2.5, 4, "budget must be an integer"),
+        (_features(), True, 4, "budget must be an integer"),
+        (_duplicated(), 10, 4, "rows 7 and 41 are identical"),
+        (_zero_row(), 10, 4, "row 3 is all zeros"),
+        (_features()[0], 10, 4, "2-D array"),
+        (_features()[None], 10, 4, "2-D array"),
+        (np.empty((0, 4)), 10, 4, "features is empty"),
+        (np.empty((5, 0)), 1, 1, "features is empty"),
+        (np.array([["a", "b"], ["c", "d"]]), 1, 1, "real numbers"),
+        (None, 1, 1, "features is empty"),
+    ],
+)
+def test_select_rejects_bad_input_before_any_work(monkeypatch, features, budget, n_cores, message):
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started before validation")
 
@@ -60,19 +63,22 @@ def test_select_rejects_bad_input_before_any_work(monkeypatch, features, budget,
         select(features, budget, n_cores=n_cores)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"method": "nope"}, "method must be one of"),
-    ({"variant": "paper"}, "variant must be one of"),
-    ({"core_method": "dbscan"}, "core method must be one of"),
-    ({"penalty": 0.5}, "penalty must be a finite number >= 1"),
-    ({"n_cores": 1}, "at least 2 cores"),
-    ({"seed": -1}, "seed must be a non-negative integer"),
-    ({"unknown_option": 3}, "unknown option 'unknown_option'"),
-    ({"removal_ratio": 1.0}, "removal_ratio must be in"),
-    ({"density": "mine"}, "density must be one of"),
-    ({"loss": "hinge"}, "loss must be one of"),
-    ({"method": "random", "n_cores": 4}, "apply to bilaf only"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "nope"}, "method must be one of"),
+        ({"variant": "paper"}, "variant must be one of"),
+        ({"core_method": "dbscan"}, "core method must be one of"),
+        ({"penalty": 0.5}, "penalty must be a finite number >= 1"),
+        ({"n_cores": 1}, "at least 2 cores"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"unknown_option": 3}, "unknown option 'unknown_option'"),
+        ({"removal_ratio": 1.0}, "removal_ratio must be in"),
+        ({"density": "mine"}, "density must be one of"),
+        ({"loss": "hinge"}, "loss must be one of"),
+        ({"method": "random", "n_cores": 4}, "apply to bilaf only"),
+    ],
+)
 def test_select_rejects_bad_options(monkeypatch, kwargs, message):
     monkeypatch.setattr(methods, "core_pick_order", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match=message):

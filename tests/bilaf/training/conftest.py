@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-import torch
 from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -25,8 +25,13 @@ from bilaf.training import (
 MEAN = STD = (0.5, 0.5, 0.5)
 # Digits are 32 px: a milder crop than the recipe's (0.08, 1) keeps every digit recognisable.
 TINY = FinetuneConfig(
-    epochs=8, batch_size=32, learning_rate=0.05, warmup_epochs=1, drop_path_rate=0.0,
-    image_size=32, crop_scale=(0.6, 1.0),
+    epochs=8,
+    batch_size=32,
+    learning_rate=0.05,
+    warmup_epochs=1,
+    drop_path_rate=0.0,
+    image_size=32,
+    crop_scale=(0.6, 1.0),
 )
 
 
@@ -99,9 +104,7 @@ def test_drop_path_on_a_model_without_slots_is_an_error(small_cnn: Callable) -> 
 
 def test_finetune_reduces_loss_and_beats_chance(digits_images, small_cnn: Callable) -> None:
     train, test = digits_images.train, digits_images.test
-    result = finetune(
-        small_cnn(10), train.paths, train.labels, mean=MEAN, std=STD, config=TINY, progress=False
-    )
+    result = finetune(small_cnn(10), train.paths, train.labels, mean=MEAN, std=STD, config=TINY, progress=False)
     losses = [epoch.loss for epoch in result.history]
     assert len(result.history) == TINY.epochs
     assert losses[-1] < 0.6 * losses[0]
@@ -128,8 +131,14 @@ def test_finetune_is_deterministic_on_cpu_for_a_seed(digits_images, small_cnn: C
         torch.manual_seed(123)  # identical initial weights
         model = small_cnn(10)
         result = finetune(
-            model, train.paths[:128], train.labels[:128], mean=MEAN, std=STD, config=config,
-            progress=False, device="cpu",
+            model,
+            train.paths[:128],
+            train.labels[:128],
+            mean=MEAN,
+            std=STD,
+            config=config,
+            progress=False,
+            device="cpu",
         )
         runs.append(result)
     assert [h.loss for h in runs[0].history] == [h.loss for h in runs[1].history]
@@ -138,8 +147,14 @@ def test_finetune_is_deterministic_on_cpu_for_a_seed(digits_images, small_cnn: C
     different_seed = FinetuneConfig(**{**config.to_dict(), "seed": 1})
     torch.manual_seed(123)
     other = finetune(
-        small_cnn(10), train.paths[:128], train.labels[:128], mean=MEAN, std=STD,
-        config=different_seed, progress=False, device="cpu",
+        small_cnn(10),
+        train.paths[:128],
+        train.labels[:128],
+        mean=MEAN,
+        std=STD,
+        config=different_seed,
+        progress=False,
+        device="cpu",
     )
     assert [h.loss for h in other.history] != [h.loss for h in runs[0].history]
 
@@ -147,14 +162,19 @@ def test_finetune_is_deterministic_on_cpu_for_a_seed(digits_images, small_cnn: C
 def test_finetune_rejects_a_head_too_small_and_single_class(digits_images, small_cnn) -> None:
     train = digits_images.train
     with pytest.raises(ValueError, match="outputs 5 classes but the labels go up to class index 9"):
-        finetune(small_cnn(5), train.paths, train.labels, mean=MEAN, std=STD, config=TINY,
-                 progress=False)
+        finetune(small_cnn(5), train.paths, train.labels, mean=MEAN, std=STD, config=TINY, progress=False)
     with pytest.raises(ValueError, match="single class"):
-        finetune(small_cnn(10), train.paths[:4], [3, 3, 3, 3], mean=MEAN, std=STD, config=TINY,
-                 progress=False)
+        finetune(small_cnn(10), train.paths[:4], [3, 3, 3, 3], mean=MEAN, std=STD, config=TINY, progress=False)
     with pytest.raises(ValueError, match="do not exist"):
-        finetune(small_cnn(10), ["/nonexistent/a.png", "/nonexistent/b.png"], [0, 1], mean=MEAN,
-                 std=STD, config=TINY, progress=False)
+        finetune(
+            small_cnn(10),
+            ["/nonexistent/a.png", "/nonexistent/b.png"],
+            [0, 1],
+            mean=MEAN,
+            std=STD,
+            config=TINY,
+            progress=False,
+        )
 
 
 def _packaged_classifier_factory() -> Callable[[int], nn.Module] | None:
@@ -177,14 +197,20 @@ def test_pretrained_lite0_finetunes_on_digits(digits_images) -> None:
         pytest.skip("bilaf.features.backbones.create_classifier not available yet")
     train, test = digits_images.train, digits_images.test
     config = FinetuneConfig(
-        epochs=10, batch_size=32, learning_rate=0.05, warmup_epochs=1, image_size=64,
+        epochs=10,
+        batch_size=32,
+        learning_rate=0.05,
+        warmup_epochs=1,
+        image_size=64,
         crop_scale=(0.6, 1.0),
     )
     torch.manual_seed(0)  # the new head's initialisation
-    result = finetune(factory(10), train.paths[:256], train.labels[:256], mean=MEAN, std=STD,
-                      config=config, progress=False)
+    result = finetune(
+        factory(10), train.paths[:256], train.labels[:256], mean=MEAN, std=STD, config=config, progress=False
+    )
     assert result.history[-1].loss < 0.6 * result.history[0].loss
     assert all(math.isfinite(h.loss) for h in result.history)
-    metrics = evaluate_finetuned(result.model, test.paths[:300], test.labels[:300],
-                                 eval_transform(64, MEAN, STD), num_classes=10, progress=False)
+    metrics = evaluate_finetuned(
+        result.model, test.paths[:300], test.labels[:300], eval_transform(64, MEAN, STD), num_classes=10, progress=False
+    )
     assert metrics.accuracy > 0.7  # chance is 0.1

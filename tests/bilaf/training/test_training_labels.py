@@ -22,9 +22,7 @@ def test_valid_names_and_indices_are_encoded_as_class_positions() -> None:
     as_indices = validate_labeled_selection(IDS, [0, 1, 2, 1, 0, 0], CLASSES, np.array([1, 0, 2]))
     np.testing.assert_array_equal(as_indices.train, result.train)
     column = pd.Series([0.0, 1.0, 2.0, 1.0, 0.0, 0.0])
-    np.testing.assert_array_equal(
-        validate_labeled_selection(IDS, column, CLASSES, TEST).train, result.train
-    )
+    np.testing.assert_array_equal(validate_labeled_selection(IDS, column, CLASSES, TEST).train, result.train)
 
 
 def test_mapping_of_annotations_is_looked_up_by_id() -> None:

@@ -1,4 +1,5 @@
 """`bilaf --help` answers at once: building the parser and every command's help load no heavy library."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import dagster_project
 from bilaf import choices
+
 HEAVY = ("torch", "torchvision", "timm", "dagster", "mlflow", "sklearn", "scipy", "pandas", "numpy", "pydantic")
 
 # In a fresh interpreter: every command's --help (sub-commands found by walking the parser), then what is loaded.
@@ -38,8 +40,14 @@ print(json.dumps({"helped": helped, "loaded": sorted({name.split(".")[0] for nam
 def _run_fresh(code: str) -> dict:
     package_root = Path(dagster_project.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package_root), os.environ.get("PYTHONPATH", "")])}
-    completed = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{code}"], cwd=package_root, env=env,
-                               capture_output=True, text=True, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{code}"],
+        cwd=package_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(completed.stdout.splitlines()[-1])
 
 

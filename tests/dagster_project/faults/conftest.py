@@ -1,11 +1,11 @@
 """A small real project for fault injection: a copy of Fashion-MNIST's files as its source (so the
 source can be touched), git + DVC, its own Dagster home; materialized once by the first test."""
+
 import copy
 import shutil
 from pathlib import Path
 
 import pytest
-
 from pipeline.conftest import TINY_PARAMS, make_project, project_environment
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

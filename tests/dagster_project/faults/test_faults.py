@@ -3,6 +3,7 @@ correct re-run, nothing is lost, and `bilaf run` and `dvc status` agree before a
 
 Tests run in file order on one project (module fixture `faulty`); each leaves it up to date.
 """
+
 import contextlib
 import copy
 import errno
@@ -17,21 +18,25 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from pipeline.conftest import BIN, make_project, run
 
-from dagster_project.cli import main as bilaf
 from bilaf.config import load_params
+from bilaf.stages import STAGES, ProjectPaths
+from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.planning import plan_refresh
 from dagster_project.defs.sensors import refresh_sensor
-from bilaf.stages import STAGES, ProjectPaths
-from pipeline.conftest import BIN, make_project, run
 
 OUTPUTS = {name: spec.output for name, spec in STAGES.items()}
 
 
 def _env(root: Path) -> dict:
-    return {**os.environ, "DAGSTER_HOME": str(root / ".dagster_home"), "BILAF_PROJECT_DIR": str(root),
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(root / ".dagster_home"),
+        "BILAF_PROJECT_DIR": str(root),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
 
 
 def _planned(root: Path) -> set[str]:
@@ -51,7 +56,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     files = {}
     for folder in [*OUTPUTS.values(), "data", "labels"]:
         path = root / folder
-        for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
             files[file.relative_to(root).as_posix()] = file.read_bytes()
     return files
 
@@ -65,11 +70,14 @@ def test_the_project_starts_up_to_date_for_both(faulty):
     _assert_up_to_date(faulty)
 
 
-@pytest.mark.parametrize(("fault", "stage"), [
-    ("delete", "core_centers"),
-    ("edit", "boundary_set"),
-    ("delete", "embeddings"),
-])
+@pytest.mark.parametrize(
+    ("fault", "stage"),
+    [
+        ("delete", "core_centers"),
+        ("edit", "boundary_set"),
+        ("delete", "embeddings"),
+    ],
+)
 def test_a_deleted_or_edited_artifact_is_stale_for_both_and_the_next_run_restores_it(faulty, fault, stage):
     before = _snapshot(faulty)
     output = faulty / OUTPUTS[stage]
@@ -102,8 +110,7 @@ def test_touching_the_source_files_changes_nothing(faulty, capsys):
         os.utime(file, ns=(time.time_ns(), time.time_ns()))
     _assert_up_to_date(faulty)
     with dg.DagsterInstance.get() as instance:
-        context = dg.build_sensor_context(instance=instance,
-                                          resources=build_definitions(str(faulty)).resources)
+        context = dg.build_sensor_context(instance=instance, resources=build_definitions(str(faulty)).resources)
         assert isinstance(refresh_sensor(context), dg.SkipReason)
     assert bilaf(["run", "--project", str(faulty)]) == 0
     assert "up to date" in capsys.readouterr().out
@@ -118,8 +125,15 @@ def test_a_missing_params_section_fails_before_any_work_and_overwrites_nothing(f
     try:
         assert bilaf(["run", "--project", str(faulty)]) == 2
         assert "params: section boundary is missing" in capsys.readouterr().err
-        assert subprocess.run([str(BIN / "bilaf"), "stage", "boundary_set", "--project", str(faulty)],
-                              capture_output=True, text=True, env=_env(faulty)).returncode == 2
+        assert (
+            subprocess.run(
+                [str(BIN / "bilaf"), "stage", "boundary_set", "--project", str(faulty)],
+                capture_output=True,
+                text=True,
+                env=_env(faulty),
+            ).returncode
+            == 2
+        )
     finally:
         (faulty / "params.yaml").write_text(original)
     assert _snapshot(faulty) == before
@@ -149,8 +163,13 @@ def test_a_budget_larger_than_an_image_folder_pool_is_refused_before_any_work(tm
 def test_kill_9_mid_stage_keeps_the_last_good_output_and_the_next_run_is_correct(faulty, stage):
     before = _snapshot(faulty)
     output = faulty / OUTPUTS[stage]
-    process = subprocess.Popen([str(BIN / "bilaf"), "stage", stage, "--project", str(faulty)], env=_env(faulty),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / "bilaf"), "stage", stage, "--project", str(faulty)],
+        env=_env(faulty),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:  # kill it while it writes, or computes
         if any(output.parent.glob(f".{output.name}.*")) or (output.is_dir() and any(output.glob(".*.tmp-*"))):
@@ -173,13 +192,20 @@ def test_a_killed_bilaf_run_ends_failed_in_dagster_and_mlflow_and_the_next_run_i
     (faulty / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{faulty / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bilaf").experiment_id
-    process = subprocess.Popen([str(BIN / "bilaf"), "run", "--project", str(faulty)], env=_env(faulty),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / "bilaf"), "run", "--project", str(faulty)],
+        env=_env(faulty),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline, running = time.time() + 300, []
     while time.time() < deadline and process.poll() is None and not running:  # kill it inside the step
         time.sleep(0.2)
         with contextlib.suppress(Exception):  # the store may be busy with the run's own writes
-            running = client.search_runs([experiment], "tags.asset_key = 'evaluation' and attributes.status = 'RUNNING'")
+            running = client.search_runs(
+                [experiment], "tags.asset_key = 'evaluation' and attributes.status = 'RUNNING'"
+            )
     assert running, "the run ended before its evaluation step started"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -259,19 +285,29 @@ def test_a_copied_project_runs_in_its_own_folder_and_leaves_the_original_untouch
     copy_root = tmp_path / "moved"
     shutil.copytree(faulty, copy_root, symlinks=True)
     watched = ["mlflow", ".dagster_home", "artifacts", "rounds", "data", "labels", ".dvc", "dvc.lock"]
-    original = {name: {p.relative_to(faulty).as_posix(): p.stat().st_mtime_ns
-                       for p in ([faulty / name] if (faulty / name).is_file() else (faulty / name).rglob("*"))}
-                for name in watched}
+    original = {
+        name: {
+            p.relative_to(faulty).as_posix(): p.stat().st_mtime_ns
+            for p in ([faulty / name] if (faulty / name).is_file() else (faulty / name).rglob("*"))
+        }
+        for name in watched
+    }
     params = yaml.safe_load((copy_root / "params.yaml").read_text())
     params["evaluation"]["knn_k"] = 4
     (copy_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    completed = subprocess.run([str(BIN / "bilaf"), "run", "--project", str(copy_root)], cwd=copy_root,
-                               env=_env(copy_root), capture_output=True, text=True)
+    completed = subprocess.run(
+        [str(BIN / "bilaf"), "run", "--project", str(copy_root)],
+        cwd=copy_root,
+        env=_env(copy_root),
+        capture_output=True,
+        text=True,
+    )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     for name in watched:
-        assert {p.relative_to(faulty).as_posix(): p.stat().st_mtime_ns
-                for p in ([faulty / name] if (faulty / name).is_file() else (faulty / name).rglob("*"))} \
-            == original[name], name
+        assert {
+            p.relative_to(faulty).as_posix(): p.stat().st_mtime_ns
+            for p in ([faulty / name] if (faulty / name).is_file() else (faulty / name).rglob("*"))
+        } == original[name], name
     database = sqlite3.connect(copy_root / "mlflow" / "mlflow.db")
     uris = [row[0] for row in database.execute("SELECT artifact_uri FROM runs")]
     assert uris and all(str(copy_root) in uri for uri in uris)
@@ -281,8 +317,9 @@ def test_an_unreadable_file_in_the_source_is_reported_everywhere_and_reruns_noth
     from bilaf.features.sources import fashion_mnist_source
 
     source = fashion_mnist_source()
-    chosen = ([i for i, record in enumerate(source.records) if record.split == "train"][:150]
-              + [i for i, record in enumerate(source.records) if record.split == "test"][:40])
+    chosen = [i for i, record in enumerate(source.records) if record.split == "train"][:150] + [
+        i for i, record in enumerate(source.records) if record.split == "test"
+    ][:40]
     photos = tmp_path / "photos"
     for index in chosen:
         record = source.records[index]
@@ -312,17 +349,22 @@ def test_an_unreadable_file_in_the_source_is_reported_everywhere_and_reruns_noth
             reused = instance.get_latest_materialization_event(dg.AssetKey("core_centers"))
             assert "reused_from_run" in reused.asset_materialization.metadata  # the content did not change
             latest = instance.get_runs(limit=1)[0].run_id
-            checks = {record.dagster_event.event_specific_data.asset_check_key.name:
-                      record.dagster_event.event_specific_data
-                      for record in instance.all_logs(latest, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)}
+            checks = {
+                record.dagster_event.event_specific_data.asset_check_key.name: record.dagster_event.event_specific_data
+                for record in instance.all_logs(latest, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+            }
         readable = checks["pool_files_are_readable"]
         assert not readable.passed and readable.severity == dg.AssetCheckSeverity.WARN
         assert "broken.png" in readable.metadata["examples"].value
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
-        runs = client.search_runs([client.get_experiment_by_name("bilaf").experiment_id],
-                                  "tags.asset_key = 'pool'", order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            [client.get_experiment_by_name("bilaf").experiment_id],
+            "tags.asset_key = 'pool'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         assert runs[0].data.metrics["unreadable"] == 1
         _assert_up_to_date(root)
     finally:

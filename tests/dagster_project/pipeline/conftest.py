@@ -1,5 +1,6 @@
 """A tiny real project (Fashion-MNIST subset, small images, one finetuning epoch) shared by the
 pipeline tests: git + DVC initialised, the repository's dvc.yaml, its own Dagster home."""
+
 import contextlib
 import os
 import shutil
@@ -16,8 +17,14 @@ REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 
 TINY_PARAMS = {
-    "data": {"source": "fashion-mnist", "root": None, "train_size": 300, "test_size": 100, "seed": 0,
-             "on_unreadable": "skip"},
+    "data": {
+        "source": "fashion-mnist",
+        "root": None,
+        "train_size": 300,
+        "test_size": 100,
+        "seed": 0,
+        "on_unreadable": "skip",
+    },
     "features": {"backbone": "tf_efficientnet_lite0", "weights": "packaged", "image_size": 32, "batch_size": 100},
     "core": {"method": "activeft", "n_cores": 10, "seed": 0},
     "denoise": {"n_neighbors": 10, "ring_fraction": 0.1, "removal_ratio": 0.1, "variant": "default"},
@@ -32,8 +39,10 @@ TINY_PARAMS = {
 def run(command: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     completed = subprocess.run(command, cwd=cwd, env=env or os.environ.copy(), capture_output=True, text=True)
     if check and completed.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({completed.returncode}):\n"
-                             f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({completed.returncode}):\n"
+            f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+        )
     return completed
 
 
@@ -60,8 +69,9 @@ def make_project(root: Path, params: dict) -> Path:
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     (root / "bilaf").symlink_to(REPO / "bilaf")
     write_params(root, params)
-    (root / ".gitignore").write_text("/data/\n/labels/\n/rounds/\n/artifacts/\n/.dagster_home/\n/mlflow/\n"
-                                     "/.cache/\n/.dvc-storage/\n/.bilaf.lock\n")
+    (root / ".gitignore").write_text(
+        "/data/\n/labels/\n/rounds/\n/artifacts/\n/.dagster_home/\n/mlflow/\n/.cache/\n/.dvc-storage/\n/.bilaf.lock\n"
+    )
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)
@@ -93,8 +103,13 @@ def project_environment(root: Path, **extra: str) -> Iterator[None]:
     """This process's environment set for one project (its Dagster home, offline, no telemetry,
     the embedded MLflow store), restored afterwards."""
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in {"DAGSTER_HOME": str(root / ".dagster_home"), "BILAF_PROJECT_DIR": str(root),
-                           "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **extra}.items():
+        for key, value in {
+            "DAGSTER_HOME": str(root / ".dagster_home"),
+            "BILAF_PROJECT_DIR": str(root),
+            "HF_HUB_OFFLINE": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **extra,
+        }.items():
             patch.setenv(key, value)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         yield

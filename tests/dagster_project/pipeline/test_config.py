@@ -1,4 +1,5 @@
 """params.yaml validation: every bad value, unknown or missing key is refused naming it, before compute."""
+
 import copy
 from pathlib import Path
 
@@ -36,28 +37,37 @@ def test_the_schema_defaults_are_the_one_home_of_every_default():
     assert IdcParams().n_neighbors == Params().denoise.n_neighbors
     config = FinetuneConfig()
     assert (config.epochs, config.image_size, config.batch_size, config.learning_rate) == (
-        Params().finetune.epochs, Params().finetune.image_size, Params().finetune.batch_size, Params().finetune.lr)
+        Params().finetune.epochs,
+        Params().finetune.image_size,
+        Params().finetune.batch_size,
+        Params().finetune.lr,
+    )
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (_with(boundary__budget=-5), "boundary.budget must be >= 1, got -5"),
-    (_with(boundary__penalty=0.9), "boundary.penalty must be >= 1, got 0.9"),
-    (_with(boundary__budgte=10), "boundary.budgte is not a known key"),
-    ({**RAW, "boundry": {"budget": 10}}, "boundry is not a known section"),
-    (_with(core__n_cores=300, boundary__budget=250), "core.n_cores (300) must not exceed boundary.budget (250)"),
-    (_with(boundary__budget=20_000), "boundary.budget (20000) must not exceed data.train_size (10000)"),
-    (_with(data__train_size=None, boundary__budget=70_000),
-     "boundary.budget (70000) must not exceed the 60000 train items of fashion-mnist"),
-    (_with(core__method="kmedoids"), "core.method must be one of"),
-    (_with(boundary__budget="many"), "boundary.budget must be int, got 'many'"),
-    (_with(boundary__budget=True), "boundary.budget must be int"),
-    (_with(denoise__removal_ratio=1.0), "denoise.removal_ratio must be in [0, 1)"),
-    (_with(data__source="image-folder"), "data.root is required"),
-    (_with(later_rounds__method="margin", later_rounds__n_cores=5), "later_rounds.n_cores applies to method bilaf"),
-    ({key: value for key, value in RAW.items() if key != "boundary"}, "section boundary is missing"),
-    ({**RAW, "boundary": {"budget": 250}}, "boundary.penalty is missing (its default: 1.1)"),
-    ({**RAW, "boundary": None}, "boundary must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_with(boundary__budget=-5), "boundary.budget must be >= 1, got -5"),
+        (_with(boundary__penalty=0.9), "boundary.penalty must be >= 1, got 0.9"),
+        (_with(boundary__budgte=10), "boundary.budgte is not a known key"),
+        ({**RAW, "boundry": {"budget": 10}}, "boundry is not a known section"),
+        (_with(core__n_cores=300, boundary__budget=250), "core.n_cores (300) must not exceed boundary.budget (250)"),
+        (_with(boundary__budget=20_000), "boundary.budget (20000) must not exceed data.train_size (10000)"),
+        (
+            _with(data__train_size=None, boundary__budget=70_000),
+            "boundary.budget (70000) must not exceed the 60000 train items of fashion-mnist",
+        ),
+        (_with(core__method="kmedoids"), "core.method must be one of"),
+        (_with(boundary__budget="many"), "boundary.budget must be int, got 'many'"),
+        (_with(boundary__budget=True), "boundary.budget must be int"),
+        (_with(denoise__removal_ratio=1.0), "denoise.removal_ratio must be in [0, 1)"),
+        (_with(data__source="image-folder"), "data.root is required"),
+        (_with(later_rounds__method="margin", later_rounds__n_cores=5), "later_rounds.n_cores applies to method bilaf"),
+        ({key: value for key, value in RAW.items() if key != "boundary"}, "section boundary is missing"),
+        ({**RAW, "boundary": {"budget": 250}}, "boundary.penalty is missing (its default: 1.1)"),
+        ({**RAW, "boundary": None}, "boundary must be a mapping"),
+    ],
+)
 def test_invalid_parameters_are_refused_with_the_key_named(raw, message):
     with pytest.raises(ValueError) as error:
         params_from_mapping(raw)

@@ -1,4 +1,5 @@
 """dvc.yaml declares exactly the stages, deps, params and outs of the Dagster assets."""
+
 from pathlib import Path
 
 import yaml
@@ -14,9 +15,11 @@ def test_dvc_stages_match_the_dagster_assets():
     for name, stage in declared.items():
         spec = STAGES[name]
         assert stage["cmd"] == f"bilaf stage {name}"
-        assert stage["deps"] == ([STAGES[upstream].output for upstream in spec.upstream]
-                                 + [SOURCE_PATHS[source] for source in spec.sources]
-                                 + [f"bilaf/{path}" for path in spec.code_paths])
+        assert stage["deps"] == (
+            [STAGES[upstream].output for upstream in spec.upstream]
+            + [SOURCE_PATHS[source] for source in spec.sources]
+            + [f"bilaf/{path}" for path in spec.code_paths]
+        )
         assert stage["params"] == list(lineage_params(name))
         assert stage["outs"] == [{spec.output: {"persist": True}} if spec.persist else spec.output]
 

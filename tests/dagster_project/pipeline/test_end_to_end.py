@@ -2,6 +2,7 @@
 
 Tests run in file order and build on each other (one materialization of the graph is shared).
 """
+
 import copy
 import csv
 import os
@@ -12,18 +13,19 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+
 # Dagster has no public API for the stale status its UI shows (nor for observing sources outside a
 # run); these tests check that the UI agrees with the planner, so they read it where the UI does.
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.definitions.observe import observe
 from dagster._core.loader import LoadingContextForTest
 
+from bilaf.stages import STAGES
 from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.assets import PARAMS_SOURCES
 from dagster_project.defs.checks import ASSET_CHECKS
 from dagster_project.defs.sensors import refresh_request
-from bilaf.stages import STAGES
 
 from .conftest import BIN, TINY_PARAMS, free_port, run, write_params
 
@@ -53,8 +55,10 @@ def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project,
         run_id, materialized = _latest_run_materializations(instance)
         assert materialized == ALL_STAGES
         evaluations = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-        results = {record.dagster_event.event_specific_data.asset_check_key.name:
-                   record.dagster_event.event_specific_data.passed for record in evaluations}
+        results = {
+            record.dagster_event.event_specific_data.asset_check_key.name: record.dagster_event.event_specific_data.passed
+            for record in evaluations
+        }
         assert len(results) == len(ASSET_CHECKS) and all(results.values()), results
         assert _stale_stages(instance, tiny_project) == set()
     selection = (tiny_project / "artifacts" / "boundary_set" / "selection.csv").read_text().splitlines()
@@ -86,8 +90,9 @@ def test_explain_tells_why_an_image_was_picked_from_verified_records(tiny_projec
     assert "round 1" in capsys.readouterr().out
 
     picked = {row["id"] for row in rows}
-    other = next(item for item in read_manifest(tiny_project / "data").query("split == 'train'")["id"]
-                 if item not in picked)
+    other = next(
+        item for item in read_manifest(tiny_project / "data").query("split == 'train'")["id"] if item not in picked
+    )
     assert bilaf(["explain", other, "--json", "--project", str(tiny_project)]) == 0
     (why,) = json.loads(capsys.readouterr().out)["not_picked"]
     assert why["round"] == 1 and ("outscored" in why["why"] or "removed as noise" in why["why"])
@@ -105,12 +110,16 @@ def test_explain_refuses_an_answer_from_a_tampered_record(tiny_project, project_
 
 
 def test_a_version_gone_from_the_cache_is_read_from_the_remote_and_one_gone_from_both_is_named(
-        tiny_project, project_env, capsys):
+    tiny_project, project_env, capsys
+):
     from bilaf import dvc
+
     md5 = _dvc_out_hashes(tiny_project)["boundary_set"]
     name = md5.removesuffix(".dir")
-    stored = [store / "files" / "md5" / name[:2] / (name[2:] + ".dir")
-              for store in (tiny_project / ".dvc" / "cache", tiny_project / ".dvc-storage")]
+    stored = [
+        store / "files" / "md5" / name[:2] / (name[2:] + ".dir")
+        for store in (tiny_project / ".dvc" / "cache", tiny_project / ".dvc-storage")
+    ]
     assert all(path.is_file() for path in stored)  # every stage pushed its output to the remote
     aside = [path.with_name(path.name + ".aside") for path in stored]
     try:
@@ -130,8 +139,9 @@ def test_a_version_gone_from_the_cache_is_read_from_the_remote_and_one_gone_from
 def test_second_run_with_nothing_changed_does_nothing(tiny_project, project_env, capsys):
     with dg.DagsterInstance.get() as instance:
         before = len(instance.get_runs())
-        assert isinstance(refresh_request(instance, build_definitions(str(tiny_project)).resources["project"]),
-                          dg.SkipReason)
+        assert isinstance(
+            refresh_request(instance, build_definitions(str(tiny_project)).resources["project"]), dg.SkipReason
+        )
     assert bilaf(["run", "--project", str(tiny_project)]) == 0
     assert "up to date" in capsys.readouterr().out
     with dg.DagsterInstance.get() as instance:
@@ -163,7 +173,8 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
     with dg.DagsterInstance.get() as instance:  # the sensor asks for exactly this run
         request = refresh_request(instance, defs.resources["project"])
         assert set(request.asset_selection) == {dg.AssetKey(["params", "boundary"])} | {
-            dg.AssetKey(name) for name in expected}
+            dg.AssetKey(name) for name in expected
+        }
     with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe sources"
         observe(PARAMS_SOURCES, instance=instance, resources=defs.resources)
         assert _stale_stages(instance, tiny_project) == expected
@@ -193,8 +204,11 @@ def test_invalid_parameters_fail_before_any_compute(tiny_project, project_env, c
 
 def test_dagster_cli_string_selection_works_with_dvc_installed(tiny_project, project_env):
     """antlr4: Dagster's selection parser needs 4.13 while DVC's hydra pins 4.9 (separate venvs)."""
-    completed = run([str(BIN / "dagster"), "asset", "materialize", "--select", "evaluation*",
-                     "-m", "dagster_project.definitions"], tiny_project, project_env)
+    completed = run(
+        [str(BIN / "dagster"), "asset", "materialize", "--select", "evaluation*", "-m", "dagster_project.definitions"],
+        tiny_project,
+        project_env,
+    )
     assert "RUN_SUCCESS" in completed.stdout + completed.stderr
     with dg.DagsterInstance.get() as instance:
         _, materialized = _latest_run_materializations(instance)
@@ -211,9 +225,10 @@ def test_dvc_exp_run_with_a_set_parameter(tiny_project, project_env):
 
 
 def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny_project, project_env):
-    import mlflow
     import mlflow.pytorch
     import torch
+
+    import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bilaf")
@@ -257,10 +272,23 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
 def test_logging_to_a_real_mlflow_server(tiny_project, project_env, tmp_path):
     port = free_port()
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--default-artifact-root", str(tmp_path / "server-artifacts")],
-        env=project_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "server-artifacts"),
+        ],
+        env=project_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         import requests
@@ -284,8 +312,9 @@ def test_logging_to_a_real_mlflow_server(tiny_project, project_env, tmp_path):
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=uri)
-        runs = client.search_runs([client.get_experiment_by_name("bilaf").experiment_id],
-                                  "tags.asset_key = 'evaluation'")
+        runs = client.search_runs(
+            [client.get_experiment_by_name("bilaf").experiment_id], "tags.asset_key = 'evaluation'"
+        )
         assert len(runs) == 1 and runs[0].data.params["evaluation.knn_k"] == "7"
     finally:
         os.killpg(server.pid, 15)

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from dagster_project.cli import main as bilaf
 from bilaf.lock import LOCK_NAME, project_lock
+from dagster_project.cli import main as bilaf
 
 
 def test_a_second_writer_is_refused_naming_the_first_and_writes_nothing(tmp_path, capsys):

@@ -4,6 +4,7 @@ and finetunes on every label so far. ROUNDS.md invariants 1-4 are asserted on th
 
 Tests run in file order and build on each other (one project goes through the rounds).
 """
+
 import copy
 import os
 import uuid
@@ -14,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from bilaf.features import pool_version, read_manifest
+from bilaf.features.sources import fashion_mnist_source
 from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.sensors import refresh_request, refresh_sensor
-from bilaf.features import pool_version, read_manifest
-from bilaf.features.sources import fashion_mnist_source
 
 from .conftest import BIN, TINY_PARAMS, make_project, project_environment, run, write_params
 
@@ -28,8 +29,14 @@ PARAMS["core"]["n_cores"] = 8
 PARAMS["boundary"]["budget"] = 24
 PARAMS["annotation"]["labels"] = "imported"
 NEW_IMAGES = 40
-SELECTION_STAGES = {"core_centers", "denoised_pool", "boundary_set", "annotation_batch", "finetuned_model",
-                    "evaluation"}
+SELECTION_STAGES = {
+    "core_centers",
+    "denoised_pool",
+    "boundary_set",
+    "annotation_batch",
+    "finetuned_model",
+    "evaluation",
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +78,7 @@ def _write_annotations(path: Path, ids: list[str], root: Path) -> Path:
 def _request(root: Path):
     """What the refresh sensor decides now, evaluated through Dagster's sensor testing API."""
     with dg.DagsterInstance.get() as instance:
-        context = dg.build_sensor_context(instance=instance,
-                                          resources=build_definitions(str(root)).resources)
+        context = dg.build_sensor_context(instance=instance, resources=build_definitions(str(root)).resources)
         return refresh_sensor(context)
 
 
@@ -84,8 +90,9 @@ def _materialized_in_last_run() -> set[str]:
 
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
-            if path.is_file()}
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+    }
 
 
 def test_round_one_issues_a_batch_and_waits_for_labels(project, capsys):
@@ -128,8 +135,9 @@ def test_new_images_are_ingested_and_launch_exactly_one_run(project, tmp_path):
     assert isinstance(first, dg.RunRequest) and first.run_key == again.run_key
     assert dg.AssetKey("pool") in first.asset_selection and first.tags["bilaf/round"] == "2"
     with dg.DagsterInstance.get() as instance:  # a run still writing the project: nothing more launches
-        busy = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()),
-                                              status=dg.DagsterRunStatus.STARTED))
+        busy = instance.add_run(
+            dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED)
+        )
         try:
             skipped = refresh_request(instance, build_definitions(str(project)).resources["project"])
             assert isinstance(skipped, dg.SkipReason) and busy.run_id in skipped.skip_message
@@ -137,12 +145,15 @@ def test_new_images_are_ingested_and_launch_exactly_one_run(project, tmp_path):
             instance.delete_run(busy.run_id)
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    ("id,label\nffffffffffffffff,Coat\n", "not in the pool"),
-    ("id,label\n{other},Coat\n", "not in round 1's batch"),
-    ("id,label\n{first},Parka\n", "Parka"),
-    ("id,label\n{first},Coat\n{first},Coat\n", "more than once"),
-])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("id,label\nffffffffffffffff,Coat\n", "not in the pool"),
+        ("id,label\n{other},Coat\n", "not in round 1's batch"),
+        ("id,label\n{first},Parka\n", "Parka"),
+        ("id,label\n{first},Coat\n{first},Coat\n", "more than once"),
+    ],
+)
 def test_bad_label_files_are_refused_with_nothing_written(project, tmp_path, capsys, rows, message):
     batch = _batch(project)["id"].tolist()
     other = next(item for item in read_manifest(project / "data")["id"] if item not in batch)
@@ -169,8 +180,7 @@ def test_round_two_builds_on_every_label_of_round_one(project, tmp_path):
     assert frozen["id"].tolist() == round_one  # round 1's batch stays retrievable as it was sent
     round_two = _batch(project)["id"].tolist()
     assert len(round_two) == PARAMS["boundary"]["budget"] and not set(round_two) & set(round_one)  # invariant 1
-    selection = pd.read_csv(project / "artifacts" / "boundary_set" / "selection.csv", dtype=str,
-                            keep_default_na=False)
+    selection = pd.read_csv(project / "artifacts" / "boundary_set" / "selection.csv", dtype=str, keep_default_na=False)
     assert set(selection["role"]) == {"boundary"} and (selection["predicted_class"] != "").all()
     with dg.DagsterInstance.get() as instance:  # invariant 3: only the new images were embedded
         metadata = instance.get_latest_materialization_event(dg.AssetKey("embeddings")).asset_materialization.metadata
@@ -210,8 +220,11 @@ def test_a_round_is_reproducible_from_its_recorded_inputs(project):
     """Invariant 2: the same pool, labels, parameters and code give the same picks."""
     selection = project / "artifacts" / "boundary_set" / "selection.csv"
     before = selection.read_bytes()
-    run([str(BIN / "dvc"), "repro", "--force", "core_centers", "denoised_pool", "boundary_set", "--single-item"],
-        project, _env(project))
+    run(
+        [str(BIN / "dvc"), "repro", "--force", "core_centers", "denoised_pool", "boundary_set", "--single-item"],
+        project,
+        _env(project),
+    )
     assert selection.read_bytes() == before
     assert "up to date" in run([str(BIN / "dvc"), "status"], project, _env(project)).stdout
 
@@ -234,8 +247,20 @@ def test_a_past_round_stays_explainable_and_reproducible_after_its_parameters_ch
     assert inputs["mlflow_run_id"] == first.info.run_id
     assert inputs["parameters"]["boundary"]["penalty"] == PARAMS["boundary"]["penalty"] != 1.6
     assert inputs["labeled_before"] == 0 and inputs["pool_version"] != pool_version(project / "data")  # it grew
-    assert bilaf(["reproduce", first.info.run_id, "--json", "--scratch", str(project.parent / "again"),
-                  "--project", str(project)]) == 0
+    assert (
+        bilaf(
+            [
+                "reproduce",
+                first.info.run_id,
+                "--json",
+                "--scratch",
+                str(project.parent / "again"),
+                "--project",
+                str(project),
+            ]
+        )
+        == 0
+    )
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["identical"] and verdict["round"] == 1 and verdict["picks"] == PARAMS["boundary"]["budget"]
     assert not verdict["code_changed"]

@@ -1,4 +1,5 @@
 """The Dagster webserver serves every asset and check; it is stopped cleanly by PID."""
+
 import os
 import signal
 import subprocess
@@ -6,9 +7,9 @@ import time
 
 import requests
 
-from dagster_project.defs.checks import ASSET_CHECKS
-from bilaf.stages import STAGES
 from bilaf.config import Params
+from bilaf.stages import STAGES
+from dagster_project.defs.checks import ASSET_CHECKS
 
 from .conftest import BIN, free_port
 
@@ -26,7 +27,11 @@ def test_webserver_serves_every_asset_and_check(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "BILAF_PROJECT_DIR": str(tmp_path)}
     server = subprocess.Popen(
         [str(BIN / "dagster-webserver"), "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_restore_default_sigint)
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_restore_default_sigint,
+    )
     try:
         url = f"http://127.0.0.1:{port}/graphql"
         deadline, payload = time.time() + 180, None
@@ -46,15 +51,12 @@ def test_webserver_serves_every_asset_and_check(tmp_path):
         assert keys == set(STAGES) | sources
         observable = {"/".join(node["assetKey"]["path"]) for node in payload if node["isObservable"]}
         assert observable == sources
-        checks = {check["name"] for node in payload
-                  for check in (node["assetChecksOrError"] or {}).get("checks", [])}
-        assert checks == {next(iter(check.check_specs)).name
-                          for check in ASSET_CHECKS}
+        checks = {check["name"] for node in payload for check in (node["assetChecksOrError"] or {}).get("checks", [])}
+        assert checks == {next(iter(check.check_specs)).name for check in ASSET_CHECKS}
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-            raise AssertionError("the webserver ignored SIGINT")
-    assert server.returncode is not None
+            raise AssertionError("the webserver ignored SIGINT") from None
