@@ -3,7 +3,7 @@
 # missing, then runs tests/bilaf/annotation/test_label_studio.py against a real Label Studio 1.23.2.
 # Extra arguments go to pytest. Prints how long the set-up and the test took.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 started=$SECONDS
 make --no-print-directory env label-studio-env || exit 1
 echo "environments ready in $((SECONDS - started)) s"
