@@ -1,7 +1,9 @@
-"""Atomic, deterministic artifact writing shared by every stage.
+"""Atomic, deterministic writing: the one place files and folders are replaced.
 
-A stage writes into a temporary sibling and only a finished output replaces the current one, so a
-failed or killed run never leaves a half-written file as current.
+A writer writes into a temporary sibling and only a finished output replaces the current one, so a
+failed or killed run never leaves a half-written file as current. Stages use `atomic_output`;
+single files (pool images, manifests, label files, embedding shards) use `write_atomic` or
+`write_if_changed`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,46 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """Where this process writes ``path`` before replacing it: a hidden, pid-named sibling, so two
+    processes writing the same file (a shared embedding cache) never write into each other's."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield `temporary_sibling(path)` to write; on success it replaces ``path``, on error it is
+    deleted. Unlike `atomic_output` it leaves other writers' temporaries alone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step (a reader sees the old bytes or the new)."""
+    with atomic_file(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """`write_atomic` unless ``path`` holds exactly ``data`` already (its mtime then stays); returns
+    whether it wrote."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    write_atomic(path, data)
+    return True
 
 
 def remove_leftovers(path: Path) -> None:

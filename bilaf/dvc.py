@@ -62,6 +62,25 @@ def tracked_hash(root: Path, target: str) -> str | None:
     return md5_of(yaml.safe_load(dvc_file.read_text())["outs"][0])
 
 
+def locked_stage(root: Path, stage: str) -> dict[str, Any]:
+    """A stage's entry in dvc.lock (its deps, params and outs as last recorded)."""
+    lock = Path(root) / "dvc.lock"
+    stages = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
+    if stage not in stages:
+        raise InvalidInputError(f"{lock} records no stage {stage!r}: it has not run (or dvc.lock was reset)")
+    return stages[stage]
+
+
+def stage_output_hash(root: Path, stage: str) -> str:
+    """The hash dvc.lock records for a stage's (single) output."""
+    return md5_of(locked_stage(root, stage)["outs"][0])
+
+
+def stage_dependency_hashes(root: Path, stage: str) -> dict[str, str]:
+    """{dependency path: hash} as dvc.lock records them for a stage."""
+    return {dep["path"]: md5_of(dep) for dep in locked_stage(root, stage).get("deps", [])}
+
+
 def default_remote(root: Path) -> tuple[str, str | None] | None:
     """The project's default DVC remote as (name, url), or None when none is configured."""
     import configparser

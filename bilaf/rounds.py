@@ -18,9 +18,7 @@ files are copied here, its unlabeled items become pending, and the next round pi
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,14 +184,10 @@ def _copy_round(root: Path, number: int) -> None:
     target = round_dir(root, number)
     if target.exists():
         raise InvalidInputError(f"{target} exists already: the ledger and {ROUNDS_DIR}/ disagree")
-    artifacts.remove_leftovers(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with artifacts.atomic_output(target) as staging:
+        staging.mkdir()
         for path, name in _frozen_sources(root, number):
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, staging / name)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _sha256_tree(path: Path) -> str:

@@ -84,6 +84,7 @@ class StageSpec:
     description: str
     run: Runner
     persist: bool = False  # the output accumulates across runs (DVC `persist: true`)
+    registers_model: bool = False  # the output is a model checkpoint, registered in MLflow when trained
 
     @property
     def code_paths(self) -> tuple[str, ...]:
@@ -894,6 +895,7 @@ _SPECS = (
         "training",
         "The backbone finetuned on every label so far.",
         _run_finetuned_model,
+        registers_model=True,
     ),
     StageSpec(
         "evaluation",
@@ -901,7 +903,7 @@ _SPECS = (
         ("finetuned_model", "embeddings", "annotation_batch"),
         ("pool",),
         "artifacts/evaluation",
-        ("training",),
+        ("training", "features"),
         "training",
         "Test-split accuracy of the finetuned model, a linear probe and kNN.",
         _run_evaluation,

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bilaf import dvc
 from bilaf.errors import BilafError, InvalidInputError
-from bilaf.stages import STAGES, ProjectPaths, lineage_params
+from bilaf.stages import SELECTION_COLUMNS, STAGES, ProjectPaths, lineage_params
 
 
 class LineageError(InvalidInputError):
@@ -44,25 +44,32 @@ def _cell(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+# What explains a pick: its selection row without the id and path it was asked by, round first.
+_WHY_PICKED = ("round", *(column for column in SELECTION_COLUMNS if column not in ("id", "path", "round")))
+
+
 class Records:
     """The MLflow runs and Dagster runs of one project, read and verified."""
 
     def __init__(self, root: Path, tracking_uri: str | None = None):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow
+        from dagster_project.defs.tracking import (
+            EXPERIMENT_NAME,
+            embedded_database,
+            project_tracking_uri,
+            tracking_client,
+        )
 
         self.paths = ProjectPaths(Path(root).resolve())
-        self.uri = (
-            tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{self.paths.root / 'mlflow' / 'mlflow.db'}"
-        )
-        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).is_file():
+        self.uri = project_tracking_uri(self.paths.root, tracking_uri)
+        database = embedded_database(self.uri)
+        if database is not None and not database.is_file():
             raise LineageError(f"no MLflow store at {self.uri}: nothing has been recorded for {self.paths.root} yet")
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        experiment = self.client.get_experiment_by_name("bilaf")
+        self.client = tracking_client(self.uri)
+        experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
-            raise LineageError(f"the MLflow store {self.uri} holds no 'bilaf' experiment: run the pipeline first")
+            raise LineageError(
+                f"the MLflow store {self.uri} holds no {EXPERIMENT_NAME!r} experiment: run the pipeline first"
+            )
         self.experiment_id = experiment.experiment_id
         self._scratch = tempfile.TemporaryDirectory()
         # Each record is read and checked once, however many picks and rounds cite it.
@@ -223,21 +230,7 @@ def explain(item_id: str, root: Path, tracking_uri: str | None = None) -> dict[s
             picked.append(
                 {
                     "date": _date(run),
-                    **{
-                        key: _cell(row[key])
-                        for key in (
-                            "round",
-                            "rank",
-                            "role",
-                            "cluster_core",
-                            "rival_core",
-                            "predicted_class",
-                            "rival_class",
-                            "boundary_score",
-                            "penalty_factor",
-                            "margin",
-                        )
-                    },
+                    **{key: _cell(row[key]) for key in _WHY_PICKED},
                     "inputs": records.inputs(run),
                 }
             )

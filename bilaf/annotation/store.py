@@ -166,7 +166,9 @@ def import_labels(
     already_known = sum(1 for item_id in file_labels if item_id in stored_by_id)
     if new_labels:
         this_round = {row.id: row.label for row in stored if row.round == round_number} | new_labels
-        _write_if_changed(round_file(store_dir, round_number), _csv_text(ROUND_COLUMNS, sorted(this_round.items())))
+        artifacts.write_if_changed(
+            round_file(store_dir, round_number), _csv_text(ROUND_COLUMNS, sorted(this_round.items())).encode()
+        )
         stored = _read_store(store_dir)
     labelled = {row.id for row in stored}
     if store_dir.is_dir():
@@ -253,7 +255,7 @@ def _problems_in_store(
 
 def _write_merged(store_dir: Path, stored: list[_StoredRow]) -> None:
     merged = sorted((row.id, row.label, row.round) for row in stored)
-    _write_if_changed(store_dir / MERGED_NAME, _csv_text(MERGED_COLUMNS, merged))
+    artifacts.write_if_changed(store_dir / MERGED_NAME, _csv_text(MERGED_COLUMNS, merged).encode())
 
 
 def _csv_text(columns: tuple[str, ...], rows: Iterable[tuple]) -> str:
@@ -262,11 +264,3 @@ def _csv_text(columns: tuple[str, ...], rows: Iterable[tuple]) -> str:
     writer.writerow(columns)
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    """Atomically (temp file + os.replace) replace `path` with `text`, unless it holds that already."""
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    with artifacts.atomic_output(path) as staging:
-        staging.write_text(text, encoding="utf-8")

@@ -8,7 +8,7 @@ from bilaf.features.backbones import (
     load_backbone,
     resolve_device,
 )
-from bilaf.features.datasets import PoolDataset, build_transform
+from bilaf.features.datasets import PoolDataset
 from bilaf.features.embeddings import (
     DEFAULT_IMAGE_SIZE,
     EmbeddingInfo,
@@ -27,6 +27,7 @@ from bilaf.features.pool import (
     sync_pool,
 )
 from bilaf.features.sources import SOURCES, default_source_root, open_source
+from bilaf.features.transforms import build_transform
 
 __all__ = [
     "DEFAULT_BACKBONE",

@@ -1,4 +1,4 @@
-"""Reading a pool for torch: the embedding transform and :class:`PoolDataset`."""
+"""Reading a pool for torch: :class:`PoolDataset` (its transforms are in ``features.transforms``)."""
 
 from __future__ import annotations
 
@@ -8,52 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
 
 from bilaf.errors import InvalidInputError
 from bilaf.features.images import UnreadableImageError, decode_image_file, image_id
 from bilaf.features.pool import read_manifest
 from bilaf.features.sources import SPLITS
 
-__all__ = ["PoolDataset", "build_transform"]
-
-
-class _ToRGB:
-    """Grayscale/any mode -> RGB, so one backbone stem serves every source."""
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
-
-
-class _ToNormalizedTensor:
-    """RGB PIL image -> float32 tensor (3, H, W), ``(pixel / 255 - mean) / std`` per channel.
-
-    Done in numpy: torchvision's ToTensor + Normalize run tiny multi-threaded torch ops per image,
-    which cost ~15x more on a busy 2-core machine.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise InvalidInputError(f"mean and std need 3 values each (std > 0), got {mean!r}, {std!r}")
-        self.scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float64))).astype(np.float32)
-        self.offset = (np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        pixels = np.asarray(image, dtype=np.float32) * self.scale - self.offset
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-
-
-def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
-    """PIL image (any mode) -> normalised float tensor (3, image_size, image_size), for embedding.
-
-    Bicubic resize to exactly ``image_size``², aspect ratio not kept, no crop (finetuning has its
-    own augmenting transform in ``bilaf.training``). Grayscale is resized first and then
-    replicated to RGB (same result, a third of the work).
-    """
-    if image_size < 8:
-        raise InvalidInputError(f"image_size must be >= 8, got {image_size}")
-    resize = transforms.Resize((image_size, image_size), interpolation=transforms.InterpolationMode.BICUBIC)
-    return transforms.Compose([resize, _ToRGB(), _ToNormalizedTensor(mean, std)])
+__all__ = ["PoolDataset"]
 
 
 class PoolDataset(torch.utils.data.Dataset):

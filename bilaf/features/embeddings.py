@@ -35,12 +35,13 @@ import pandas as pd
 import torch
 
 from bilaf import defaults
-from bilaf.artifacts import remove_leftovers
+from bilaf.artifacts import atomic_file, remove_leftovers, write_atomic
 from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features._memory import retain_freed_memory
 from bilaf.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from bilaf.features.datasets import PoolDataset, build_transform
+from bilaf.features.datasets import PoolDataset
 from bilaf.features.pool import MANIFEST_NAME, read_manifest
+from bilaf.features.transforms import build_transform
 from bilaf.selection.progress import Progress
 
 __all__ = [
@@ -121,12 +122,6 @@ def _sha256_json(content: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 class _ShardCache:
     """Completed shards of one configuration: ``shard-<hash of ids>.npz`` with ids + features."""
 
@@ -135,7 +130,7 @@ class _ShardCache:
         directory.mkdir(parents=True, exist_ok=True)
         config_file = directory / "config.json"
         if not config_file.exists():
-            _write_atomic(config_file, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+            write_atomic(config_file, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
     def shards(self) -> list[Path]:
         return sorted(self.directory.glob("shard-*.npz"))
@@ -166,7 +161,7 @@ class _ShardCache:
         name = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
         buffer = io.BytesIO()
         np.savez(buffer, ids=np.asarray(ids), features=features.astype(np.float32, copy=False))
-        _write_atomic(self.directory / f"shard-{name}.npz", buffer.getvalue())
+        write_atomic(self.directory / f"shard-{name}.npz", buffer.getvalue())
 
 
 def _default_num_workers(device: torch.device) -> int:
@@ -233,39 +228,37 @@ def _write_features(path: Path, ids: list[str], cache: _ShardCache, feature_dim:
     row_of = {item_id: row for row, item_id in enumerate(ids)}
     written = np.zeros(len(ids), dtype=bool)
     row_bytes = feature_dim * 4
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as stream:
-        np.lib.format.write_array_header_1_0(
-            stream, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), feature_dim)}
-        )
-        header_length = stream.tell()
-        stream.truncate(header_length + len(ids) * row_bytes)
-        descriptor = stream.fileno()
-        for shard in cache.shards():
-            with np.load(shard) as content:
-                shard_ids = content["ids"].tolist()
-                wanted = [(row_of[i], k) for k, i in enumerate(shard_ids) if i in row_of]
-                if not wanted:
-                    continue
-                features = content["features"]
-            if features.shape != (len(shard_ids), feature_dim):
-                raise InvalidInputError(
-                    f"cache shard {shard} has features of shape {features.shape}, "
-                    f"expected ({len(shard_ids)}, {feature_dim})"
-                )
-            features = np.ascontiguousarray(features, dtype="<f4")
-            for row, k in wanted:
-                if not written[row]:
-                    os.pwrite(descriptor, features[k].tobytes(), header_length + row * row_bytes)
-                    written[row] = True
-    if not written.all():
-        missing = ids[int(np.argmin(written))]
-        temporary.unlink()
-        raise InvalidInputError(
-            f"embedding cache {cache.directory} lacks item {missing} "
-            f"({int((~written).sum())} missing); was it modified during the run?"
-        )
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        with open(temporary, "wb") as stream:
+            np.lib.format.write_array_header_1_0(
+                stream, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), feature_dim)}
+            )
+            header_length = stream.tell()
+            stream.truncate(header_length + len(ids) * row_bytes)
+            descriptor = stream.fileno()
+            for shard in cache.shards():
+                with np.load(shard) as content:
+                    shard_ids = content["ids"].tolist()
+                    wanted = [(row_of[i], k) for k, i in enumerate(shard_ids) if i in row_of]
+                    if not wanted:
+                        continue
+                    features = content["features"]
+                if features.shape != (len(shard_ids), feature_dim):
+                    raise InvalidInputError(
+                        f"cache shard {shard} has features of shape {features.shape}, "
+                        f"expected ({len(shard_ids)}, {feature_dim})"
+                    )
+                features = np.ascontiguousarray(features, dtype="<f4")
+                for row, k in wanted:
+                    if not written[row]:
+                        os.pwrite(descriptor, features[k].tobytes(), header_length + row * row_bytes)
+                        written[row] = True
+        if not written.all():
+            missing = ids[int(np.argmin(written))]
+            raise InvalidInputError(
+                f"embedding cache {cache.directory} lacks item {missing} "
+                f"({int((~written).sum())} missing); was it modified during the run?"
+            )
 
 
 def _index_bytes(frame: pd.DataFrame) -> bytes:
@@ -343,8 +336,8 @@ def embed_pool(
     if missing or not _output_is_current(out_dir, meta_bytes, len(ids), model.feature_dim):
         (out_dir / META_NAME).unlink(missing_ok=True)  # meta.json, written last, marks completeness
         _write_features(out_dir / FEATURES_NAME, ids, cache, model.feature_dim)
-        _write_atomic(out_dir / INDEX_NAME, _index_bytes(frame))
-        _write_atomic(out_dir / META_NAME, meta_bytes)
+        write_atomic(out_dir / INDEX_NAME, _index_bytes(frame))
+        write_atomic(out_dir / META_NAME, meta_bytes)
     return EmbeddingInfo(
         out_dir=out_dir,
         cache_dir=cache.directory,

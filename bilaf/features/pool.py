@@ -36,6 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bilaf import choices, defaults
+from bilaf.artifacts import write_if_changed
 from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features.images import UnreadableImageError, png_bytes
 from bilaf.features.sources import SPLITS, ImageFolderSource, ImageSource, open_source
@@ -344,7 +345,7 @@ def sync_pool(
             to_write.append((index, data_dir / row.path))
     files_written = 0
     for index, target in tqdm(to_write, desc="write images", unit="img", disable=not to_write):
-        files_written += _write_if_changed(target, png_bytes(image_source.load(index)))
+        files_written += write_if_changed(target, png_bytes(image_source.load(index)))
     report = PoolReport(
         action="sync",
         source=draw.source_name,
@@ -468,20 +469,6 @@ def _split_counts(rows: Iterable[ManifestRow]) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Write ``data`` atomically unless ``path`` already holds exactly these bytes."""
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-    return True
-
-
 def _manifest_bytes(rows: Iterable[ManifestRow]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -493,8 +480,8 @@ def _manifest_bytes(rows: Iterable[ManifestRow]) -> bytes:
 
 def _write_pool_files(data_dir: Path, rows: Iterable[ManifestRow], report: PoolReport) -> int:
     """Write the manifest, then the report (each atomically, each only when changed)."""
-    written = _write_if_changed(data_dir / MANIFEST_NAME, _manifest_bytes(rows))
-    return written + _write_if_changed(data_dir / REPORT_NAME, report.to_json().encode())
+    written = write_if_changed(data_dir / MANIFEST_NAME, _manifest_bytes(rows))
+    return written + write_if_changed(data_dir / REPORT_NAME, report.to_json().encode())
 
 
 def _version(rows: Iterable[ManifestRow]) -> str:

@@ -11,8 +11,9 @@ Usage, in pipeline order::
 plus ``linear_probe`` / ``knn_probe`` on frozen features (paper Table 10).
 """
 
+from bilaf.features.transforms import eval_transform, train_transform
 from bilaf.training.checkpoint import ModelMetadata, load_finetuned, save_finetuned
-from bilaf.training.data import ImageListDataset, eval_transform, train_transform
+from bilaf.training.data import ImageListDataset
 from bilaf.training.evaluate import (
     ClassificationMetrics,
     classification_metrics,

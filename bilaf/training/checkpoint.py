@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bilaf.errors import InvalidInputError, MissingFileError
-from bilaf.training.data import Transform, eval_transform
+from bilaf.features.transforms import Transform, eval_transform
 
 __all__ = ["ModelMetadata", "load_finetuned", "save_finetuned"]
 

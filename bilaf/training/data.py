@@ -1,82 +1,19 @@
-"""Image lists and the finetuning protocol's train/eval transforms (ALGORITHM.md §6).
-
-Selection features use their own pre-processing (features package); these transforms are the ones
-the supervised finetuning recipe prescribes: RandomResizedCrop + horizontal flip for training,
-Resize + CenterCrop for evaluation, both bicubic.
-"""
+"""Image lists for finetuning and evaluation; their transforms are in ``bilaf.features.transforms``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
 from bilaf.errors import InvalidInputError
+from bilaf.features.transforms import Transform
 
-__all__ = ["ImageListDataset", "eval_transform", "train_transform"]
-
-Transform = Callable[[Image.Image], torch.Tensor]
-
-
-def _check_normalisation(mean: Sequence[float], std: Sequence[float]) -> None:
-    if len(mean) != 3 or len(std) != 3:
-        raise InvalidInputError(f"mean and std need one value per RGB channel, got {mean} and {std}")
-    if min(std) <= 0:
-        raise InvalidInputError(f"std must be positive, got {std}")
-
-
-def train_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-) -> Transform:
-    """RandomResizedCrop (bicubic, aspect ratio 3/4..4/3) + horizontal flip 0.5 + normalise."""
-    _check_normalisation(mean, std)
-    if image_size < 8:
-        raise InvalidInputError(f"image_size must be at least 8 pixels, got {image_size}")
-    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-        raise InvalidInputError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(0.5),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
-
-
-def eval_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    crop_pct: float = 0.875,
-) -> Transform:
-    """Resize the short side to image_size / crop_pct (bicubic), CenterCrop image_size, normalise.
-
-    crop_pct 0.875 is the recipe's Resize 256 + CenterCrop 224.
-    """
-    _check_normalisation(mean, std)
-    if image_size < 8:
-        raise InvalidInputError(f"image_size must be at least 8 pixels, got {image_size}")
-    if not 0 < crop_pct <= 1:
-        raise InvalidInputError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    return T.Compose(
-        [
-            T.Resize(round(image_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
+__all__ = ["ImageListDataset"]
 
 
 class ImageListDataset(Dataset):

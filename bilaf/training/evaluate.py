@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from bilaf import defaults
 from bilaf.errors import InvalidInputError
 from bilaf.features.backbones import resolve_device
-from bilaf.training.data import ImageListDataset, Transform
+from bilaf.features.transforms import Transform
+from bilaf.training.data import ImageListDataset
 
 __all__ = [
     "ClassificationMetrics",

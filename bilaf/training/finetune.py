@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from bilaf import defaults
 from bilaf.errors import InvalidInputError
 from bilaf.features.backbones import resolve_device
-from bilaf.training.data import ImageListDataset, train_transform
+from bilaf.features.transforms import train_transform
+from bilaf.training.data import ImageListDataset
 
 __all__ = [
     "EpochStats",

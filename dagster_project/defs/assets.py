@@ -210,7 +210,7 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
                 tracked.log_pool(
                     read_manifest(project.paths.data), pool_version(project.paths.data), project.paths.data
                 )
-            if spec.name == "finetuned_model" and outcome.metadata.get("trained"):
+            if spec.registers_model and outcome.metadata.get("trained"):
                 outcome.metadata["registered_model_version"] = tracked.log_pytorch_model(
                     project.paths.output(spec.name), outcome.metadata.get("round")
                 )

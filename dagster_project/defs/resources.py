@@ -2,10 +2,8 @@
 
 import os
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
-import yaml
 
 from bilaf import dvc
 from bilaf.config import Params, load_params
@@ -57,14 +55,11 @@ class DvcResource(dg.ConfigurableResource):
         self._maybe_push(stage)
         return self.stage_output_hash(stage)
 
-    def _lock(self) -> dict[str, Any]:
-        return yaml.safe_load((Path(self.root) / "dvc.lock").read_text())["stages"]
-
     def stage_output_hash(self, stage: str) -> str:
-        return dvc.md5_of(self._lock()[stage]["outs"][0])
+        return dvc.stage_output_hash(Path(self.root), stage)
 
     def dependency_hashes(self, stage: str) -> dict[str, str]:
-        return {dep["path"]: dvc.md5_of(dep) for dep in self._lock()[stage].get("deps", [])}
+        return dvc.stage_dependency_hashes(Path(self.root), stage)
 
     def _maybe_push(self, target: str) -> None:
         if self.push and dvc.default_remote(Path(self.root)) is not None:

@@ -58,6 +58,29 @@ def output_manifest(output: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def project_tracking_uri(root: Path, explicit: str | None = None) -> str:
+    """Where a project's runs are recorded: ``explicit``, else $MLFLOW_TRACKING_URI (a real
+    `mlflow server`), else the embedded SQLite store in the project's `mlflow/` folder."""
+    return (
+        explicit
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{Path(root).resolve() / 'mlflow' / 'mlflow.db'}"
+    )
+
+
+def embedded_database(uri: str) -> Path | None:
+    """The SQLite file of an embedded store's URI; None for a server."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def tracking_client(uri: str):
+    """An MLflow client of ``uri`` (telemetry off, as everywhere in this project)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
 def canonical_sha256(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -73,33 +96,24 @@ class MlflowResource(dg.ConfigurableResource):
     dagster_ui_url: str = "http://127.0.0.1:3000"
 
     def resolved_tracking_uri(self) -> str:
-        return (
-            self.tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{Path(self.root).resolve() / 'mlflow' / 'mlflow.db'}"
-        )
+        return project_tracking_uri(Path(self.root), self.tracking_uri)
 
     def client(self):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow
-
-        return mlflow.MlflowClient(tracking_uri=self.resolved_tracking_uri())
+        return tracking_client(self.resolved_tracking_uri())
 
     def experiment_id(self, client) -> str:
         """The experiment, created on first use; in the embedded store, its artifact root is
         resolved from the project folder now, so a copied or moved project writes into itself."""
-        embedded = self.resolved_tracking_uri().startswith("sqlite:")
-        location = (Path(self.root).resolve() / "mlflow" / "artifacts").as_uri() if embedded else None
+        database = embedded_database(self.resolved_tracking_uri())
+        location = (Path(self.root).resolve() / "mlflow" / "artifacts").as_uri() if database else None
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
             # MLflow 3 opens an experiment without this tag in its GenAI view; ours trains models.
             return client.create_experiment(
                 EXPERIMENT_NAME, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
             )
-        if embedded and experiment.artifact_location != location:
-            relocate_artifact_root(
-                Path(self.resolved_tracking_uri().removeprefix("sqlite:///")), experiment.artifact_location, location
-            )
+        if database and experiment.artifact_location != location:
+            relocate_artifact_root(database, experiment.artifact_location, location)
         return experiment.experiment_id
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
