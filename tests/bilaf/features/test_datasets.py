@@ -22,7 +22,6 @@ from bilaf.features import (
     read_manifest,
     sync_pool,
 )
-from bilaf.features._network import host_reachable
 from bilaf.features.sources import FASHION_MNIST_CLASSES, ArraySource
 
 SMALL_TRAIN, SMALL_TEST = 48, 16  # the sizes of conftest's small_pool
@@ -122,16 +121,15 @@ def test_corrupt_idx_file_is_named(tmp_path):
         open_source("fashion-mnist", tmp_path)
 
 
-def test_missing_fashion_mnist_files_fail_clearly(tmp_path):
-    if host_reachable("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80):
-        pytest.skip("online: the source would download Fashion-MNIST instead of failing")
+def test_missing_fashion_mnist_files_fail_clearly(tmp_path, monkeypatch):
+    # No network (forced, so this runs online too): the source fails instead of downloading.
+    monkeypatch.setattr("bilaf.features.sources.host_reachable", lambda *args, **kwargs: False)
     with pytest.raises(ValueError, match="Fashion-MNIST files not found.*dataset-fashion-mnist"):
         open_source("fashion-mnist", tmp_path)
 
 
-def test_missing_cifar_files_fail_clearly(tmp_path):
-    if host_reachable("www.cs.toronto.edu"):
-        pytest.skip("online: torchvision would download CIFAR-10 instead of failing")
+def test_missing_cifar_files_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr("bilaf.features.sources.host_reachable", lambda *args, **kwargs: False)
     with pytest.raises(ValueError, match=f"cifar10 files not found.*{tmp_path}"):
         sync_pool(tmp_path / "data", "cifar10", root=tmp_path, train_size=10, test_size=10)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from bilaf.features.backbones import create_classifier
 from bilaf.training import (
     FinetuneConfig,
     build_lr_scheduler,
@@ -177,24 +177,9 @@ def test_finetune_rejects_a_head_too_small_and_single_class(digits_images, small
         )
 
 
-def _packaged_classifier_factory() -> Callable[[int], nn.Module] | None:
-    """The project's packaged pretrained backbone, once the features package provides it."""
-    if importlib.util.find_spec("bilaf.features.backbones") is None:
-        return None
-    from bilaf.features import backbones
-
-    create = getattr(backbones, "create_classifier", None)
-    if create is None:
-        return None
-    return lambda num_classes: create("tf_efficientnet_lite0", num_classes, "packaged")
-
-
 @pytest.mark.heavy  # ~20 s of CPU; benchmarks/finetune_speed.py runs the same backbone end to end
 def test_pretrained_lite0_finetunes_on_digits(digits_images) -> None:
     """The real backbone with its packaged ImageNet weights, ten epochs at 64 px."""
-    factory = _packaged_classifier_factory()
-    if factory is None:
-        pytest.skip("bilaf.features.backbones.create_classifier not available yet")
     train, test = digits_images.train, digits_images.test
     config = FinetuneConfig(
         epochs=10,
@@ -206,7 +191,13 @@ def test_pretrained_lite0_finetunes_on_digits(digits_images) -> None:
     )
     torch.manual_seed(0)  # the new head's initialisation
     result = finetune(
-        factory(10), train.paths[:256], train.labels[:256], mean=MEAN, std=STD, config=config, progress=False
+        create_classifier("tf_efficientnet_lite0", 10, "packaged"),
+        train.paths[:256],
+        train.labels[:256],
+        mean=MEAN,
+        std=STD,
+        config=config,
+        progress=False,
     )
     assert result.history[-1].loss < 0.6 * result.history[0].loss
     assert all(math.isfinite(h.loss) for h in result.history)

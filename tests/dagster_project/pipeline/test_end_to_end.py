@@ -5,19 +5,20 @@ Tests run in file order and build on each other (one materialization of the grap
 
 import copy
 import csv
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import yaml
 
-# Dagster has no public API for the stale status its UI shows (nor for observing sources outside a
-# run); these tests check that the UI agrees with the planner, so they read it where the UI does.
+# Dagster 1.13 has no public API for the stale status its UI shows (these tests check that the UI
+# agrees with the planner, so they read it where the UI does); the resolver needs a loading context.
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.definitions.observe import observe
 from dagster._core.loader import LoadingContextForTest
 
 from bilaf.stages import STAGES
@@ -44,6 +45,23 @@ def _stale_stages(instance: dg.DagsterInstance, root: Path) -> set[str]:
     return {name for name in STAGES if resolver.get_status(dg.AssetKey(name)) != StaleStatus.FRESH}
 
 
+def _evaluation_metrics(root: Path) -> dict:
+    """The evaluation stage's metrics.json, checked: every model scored every test item once, and
+    each top-1 accuracy is in [0, 1] and is what its confusion matrix says."""
+    from bilaf.features import read_manifest
+
+    metrics = json.loads((root / "artifacts" / "evaluation" / "metrics.json").read_text())
+    test_items = int((read_manifest(root / "data")["split"] == "test").sum())
+    assert metrics["test_items"] == test_items == TINY_PARAMS["data"]["test_size"]
+    assert metrics["round"] == 1 and len(metrics["classes"]) == 10
+    for model in ("finetuned", "linear_probe", "knn"):
+        confusion = np.asarray(metrics[model]["confusion"])
+        assert confusion.shape == (10, 10) and confusion.sum() == test_items, model
+        assert 0.0 <= metrics[model]["top1"] <= 1.0, model
+        assert metrics[model]["top1"] == pytest.approx(np.trace(confusion) / test_items), model
+    return metrics
+
+
 def _dvc_out_hashes(root: Path) -> dict[str, str]:
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     return {name: stage["outs"][0]["md5"] for name, stage in lock["stages"].items()}
@@ -61,8 +79,13 @@ def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project,
         }
         assert len(results) == len(ASSET_CHECKS) and all(results.values()), results
         assert _stale_stages(instance, tiny_project) == set()
+        evaluation = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
     selection = (tiny_project / "artifacts" / "boundary_set" / "selection.csv").read_text().splitlines()
     assert len(selection) == 1 + TINY_PARAMS["boundary"]["budget"]
+    metrics = _evaluation_metrics(tiny_project)
+    for model in ("finetuned", "linear_probe", "knn"):  # the asset's metadata is what the stage wrote
+        assert evaluation.metadata[f"{model}_top1"].value == pytest.approx(metrics[model]["top1"])
+    assert metrics["train_items"] == TINY_PARAMS["boundary"]["budget"]  # trained on exactly the labeled picks
 
 
 def test_explain_tells_why_an_image_was_picked_from_verified_records(tiny_project, project_env, capsys):
@@ -176,7 +199,15 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
             dg.AssetKey(name) for name in expected
         }
     with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe sources"
-        observe(PARAMS_SOURCES, instance=instance, resources=defs.resources)
+        observation = dg.materialize(
+            PARAMS_SOURCES,
+            selection=dg.AssetSelection.all(include_sources=True),
+            instance=instance,
+            resources=defs.resources,
+        )
+        assert {event.asset_key for event in observation.get_asset_observation_events()} == {
+            source.key for source in PARAMS_SOURCES
+        }
         assert _stale_stages(instance, tiny_project) == expected
 
     assert bilaf(["run", "--project", str(tiny_project)]) == 0
@@ -211,16 +242,22 @@ def test_dagster_cli_string_selection_works_with_dvc_installed(tiny_project, pro
     )
     assert "RUN_SUCCESS" in completed.stdout + completed.stderr
     with dg.DagsterInstance.get() as instance:
-        _, materialized = _latest_run_materializations(instance)
+        run_id, materialized = _latest_run_materializations(instance)
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
     assert materialized == {"evaluation"}
 
 
 def test_dvc_exp_run_with_a_set_parameter(tiny_project, project_env):
     run(["git", "add", "-A"], tiny_project)
     run(["git", "commit", "-qm", "pipeline outputs"], tiny_project)
-    completed = run([str(BIN / "dvc"), "exp", "run", "-S", "evaluation.knn_k=3"], tiny_project, project_env)
-    assert "evaluation" in completed.stdout + completed.stderr
+    before = _dvc_out_hashes(tiny_project)
+    run([str(BIN / "dvc"), "exp", "run", "-S", "evaluation.knn_k=3"], tiny_project, project_env)
     assert yaml.safe_load((tiny_project / "params.yaml").read_text())["evaluation"]["knn_k"] == 3
+    lock = yaml.safe_load((tiny_project / "dvc.lock").read_text())["stages"]
+    assert lock["evaluation"]["params"]["params.yaml"]["evaluation"]["knn_k"] == 3  # re-ran with k = 3
+    after = _dvc_out_hashes(tiny_project)
+    assert {name for name, md5 in after.items() if md5 != before[name]} <= {"evaluation"}  # nothing else re-ran
+    _evaluation_metrics(tiny_project)  # what it wrote is a whole evaluation of the test split
     write_params(tiny_project, {**TINY_PARAMS, "boundary": {"budget": 40, "penalty": 1.5}})
 
 

@@ -1,0 +1,177 @@
+"""The refresh sensor's skip reasons and run requests, and the nightly schedule's, evaluated with
+Dagster's own contexts against a throwaway instance; what "already materialized" means is
+recorded as the events a run would have left (no stage runs here)."""
+
+import copy
+import datetime
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+from pipeline.conftest import TINY_PARAMS, write_params
+
+from bilaf.config import Params, load_params
+from bilaf.stages import STAGES, ProjectPaths, lineage_params
+from dagster_project.definitions import build_definitions
+from dagster_project.defs.assets import POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
+from dagster_project.defs.planning import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_TAG,
+    INPUT_VERSION_TAG,
+    configured_source_fingerprint,
+    current_versions,
+)
+from dagster_project.defs.resources import ProjectResource
+from dagster_project.defs.schedules import nightly_refresh
+from dagster_project.defs.sensors import REFRESH_TAGS, refresh_sensor
+from dagster_project.defs.tracking import PID_TAG, MlflowResource, process_tags
+
+EVERY_SOURCE = {params_key(section) for section in Params.section_names()} | {POOL_KEY, source_key("labels")}
+AFTER_BOUNDARY = ("boundary_set", "annotation_batch", "finetuned_model", "evaluation")
+
+
+def _resources(root, mlflow_store: str) -> dict:
+    return {
+        "project": ProjectResource(root=str(root)),
+        "mlflow": MlflowResource(root=str(root), tracking_uri=mlflow_store),
+    }
+
+
+def _sensor(instance, root, mlflow_store):
+    context = dg.build_sensor_context(instance=instance, resources=_resources(root, mlflow_store))
+    return refresh_sensor(context)
+
+
+def _schedule(instance, root, mlflow_store):
+    context = dg.build_schedule_context(
+        instance=instance,
+        resources=_resources(root, mlflow_store),
+        scheduled_execution_time=datetime.datetime(2026, 1, 2, 2, 0, tzinfo=datetime.UTC),
+    )
+    return nightly_refresh(context)
+
+
+def _record_everything_as_current(instance: dg.DagsterInstance, root) -> None:
+    """The events a finished run leaves: every source observed at its version now, every stage
+    materialized with its code version and the versions of its inputs, its output on disk."""
+    paths = ProjectPaths(root.resolve())
+    params = load_params(paths.params)
+    versions = current_versions(paths, params)
+    for key, version in versions.items():
+        instance.report_runless_asset_event(
+            dg.AssetObservation(
+                key,
+                tags={} if version is None else {DATA_VERSION_TAG: version},
+                metadata={SOURCE_FINGERPRINT: configured_source_fingerprint(params.data)} if key == POOL_KEY else {},
+            )
+        )
+    for name, spec in STAGES.items():
+        paths.output(name).mkdir(parents=True, exist_ok=True)
+        tags = {DATA_VERSION_TAG: f"{name}-1", CODE_VERSION_TAG: spec.code_version()}
+        tags.update({INPUT_VERSION_TAG.format(upstream): f"{upstream}-1" for upstream in spec.upstream})
+        for key in [source_key(s) for s in spec.sources] + [params_key(s) for s in lineage_params(name)]:
+            if versions[key] is not None:
+                tags[INPUT_VERSION_TAG.format(key.to_user_string())] = versions[key]
+        instance.report_runless_asset_event(dg.AssetMaterialization(name, tags=tags))
+
+
+def test_the_sensor_and_schedule_are_declared_as_documented():
+    defs = build_definitions("/nonexistent")
+    dg.Definitions.validate_loadable(defs)
+    assert {sensor.name for sensor in defs.sensors} >= {refresh_sensor.name} and list(defs.schedules) == [
+        nightly_refresh
+    ]
+    assert refresh_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert refresh_sensor.minimum_interval_seconds == 30
+    assert nightly_refresh.cron_schedule == "0 2 * * *"
+    assert nightly_refresh.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_invalid_params_are_a_skip_reason_not_a_run(project_dir, instance, mlflow_store):
+    params = copy.deepcopy(TINY_PARAMS)
+    params["boundary"]["budget"] = params["data"]["train_size"] + 1
+    write_params(project_dir, params)
+    for evaluate in (_sensor, _schedule):
+        skip = evaluate(instance, project_dir, mlflow_store)
+        assert isinstance(skip, dg.SkipReason), evaluate
+        assert skip.skip_message.startswith("params.yaml is invalid, nothing launched:")
+        assert "boundary.budget" in skip.skip_message
+
+
+def test_a_new_project_gets_one_run_of_every_source_and_stage(project_dir, instance, mlflow_store):
+    request = _sensor(instance, project_dir, mlflow_store)
+    assert isinstance(request, dg.RunRequest)
+    assert set(request.asset_selection) == EVERY_SOURCE | {dg.AssetKey(name) for name in STAGES}
+    assert request.tags == {**REFRESH_TAGS, "bilaf/round": "1", "bilaf/stages": ",".join(STAGES)}
+    again = _sensor(instance, project_dir, mlflow_store)  # the same inputs: the same run key, one run
+    assert again.run_key == request.run_key
+    nightly = _schedule(instance, project_dir, mlflow_store)  # the schedule asks for the very same run
+    assert isinstance(nightly, dg.RunRequest)
+    assert (nightly.run_key, set(nightly.asset_selection), nightly.tags) == (
+        request.run_key,
+        set(request.asset_selection),
+        request.tags,
+    )
+
+
+def test_a_run_in_flight_holds_the_next_one_back(project_dir, instance, mlflow_store):
+    @dg.op
+    def noop() -> None:
+        pass
+
+    @dg.job
+    def other_run():
+        noop()
+
+    running = instance.create_run_for_job(other_run, status=dg.DagsterRunStatus.STARTED)
+    skip = _sensor(instance, project_dir, mlflow_store)
+    assert isinstance(skip, dg.SkipReason)
+    assert skip.skip_message == f"run {running.run_id} is STARTED: waiting for it before planning the next one"
+    instance.report_run_failed(running)
+    assert isinstance(_sensor(instance, project_dir, mlflow_store), dg.RunRequest)
+
+
+def test_a_killed_bilaf_run_is_closed_and_does_not_hold_the_next_one_back(project_dir, instance, mlflow_store):
+    @dg.op
+    def noop() -> None:
+        pass
+
+    @dg.job
+    def killed_run():
+        noop()
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    killed = instance.create_run_for_job(
+        killed_run, status=dg.DagsterRunStatus.STARTED, tags={**process_tags(), PID_TAG: str(gone.pid)}
+    )
+    assert isinstance(_sensor(instance, project_dir, mlflow_store), dg.RunRequest)
+    assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_nothing_changed_is_a_skip_and_a_changed_section_reruns_exactly_its_stages(project_dir, instance, mlflow_store):
+    _record_everything_as_current(instance, project_dir)
+    for evaluate in (_sensor, _schedule):
+        skip = evaluate(instance, project_dir, mlflow_store)
+        assert isinstance(skip, dg.SkipReason), evaluate
+        assert skip.skip_message == ("params.yaml, the pool, the labels and the code are unchanged since the last run")
+
+    params = copy.deepcopy(TINY_PARAMS)
+    params["boundary"]["penalty"] = 1.5
+    write_params(project_dir, params)
+    request = _sensor(instance, project_dir, mlflow_store)
+    assert isinstance(request, dg.RunRequest)
+    assert set(request.asset_selection) == {params_key("boundary")} | {dg.AssetKey(name) for name in AFTER_BOUNDARY}
+    assert request.tags["bilaf/stages"] == ",".join(AFTER_BOUNDARY)
+
+
+@pytest.mark.parametrize("gone", ["evaluation", "core_centers"])
+def test_a_missing_output_reruns_its_stage_and_what_follows(project_dir, instance, mlflow_store, gone):
+    _record_everything_as_current(instance, project_dir)
+    ProjectPaths(project_dir.resolve()).output(gone).rmdir()
+    request = _sensor(instance, project_dir, mlflow_store)
+    assert isinstance(request, dg.RunRequest)
+    order = list(STAGES)
+    expected = {"evaluation"} if gone == "evaluation" else set(order[order.index("core_centers") :]) - {"round"}
+    assert set(request.asset_selection) == {dg.AssetKey(name) for name in expected}
