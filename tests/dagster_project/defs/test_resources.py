@@ -11,7 +11,14 @@ from pipeline.conftest import BIN, TINY_PARAMS, run, write_params
 
 from bilaf.errors import BilafError
 from dagster_project.defs.resources import DvcResource, ProjectResource
-from dagster_project.defs.tracking import EXPERIMENT_NAME, OUTPUT_MANIFEST, MlflowResource, sha256_file
+from dagster_project.defs.tracking import (
+    EXPERIMENT_NAME,
+    OUTPUT_MANIFEST,
+    MlflowResource,
+    embedded_database,
+    project_tracking_uri,
+    sha256_file,
+)
 
 
 def test_project_resource_reads_the_folders_params(project_dir):
@@ -78,11 +85,16 @@ def test_dvc_resource_refuses_a_folder_that_is_not_a_dvc_project(tmp_path):
         DvcResource(root=str(tmp_path)).track_source("source")
 
 
-def test_mlflow_resource_tracking_uri_precedence(project_dir, monkeypatch):
+def test_mlflow_store_precedence_explicit_then_environment_then_embedded(project_dir, monkeypatch):
+    """The resource and `bilaf explain` (lineage) name the store through one function."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     embedded = f"sqlite:///{project_dir.resolve() / 'mlflow' / 'mlflow.db'}"
+    assert project_tracking_uri(project_dir) == embedded
+    assert embedded_database(embedded) == project_dir.resolve() / "mlflow" / "mlflow.db"
     assert MlflowResource(root=str(project_dir)).resolved_tracking_uri() == embedded
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert MlflowResource(root=str(project_dir)).resolved_tracking_uri() == "http://127.0.0.1:1"
+    assert embedded_database("http://127.0.0.1:1") is None
     explicit = MlflowResource(root=str(project_dir), tracking_uri="sqlite:///elsewhere.db")
     assert explicit.resolved_tracking_uri() == "sqlite:///elsewhere.db"
 
