@@ -103,6 +103,16 @@ def test_classifier_drop_path_rate_is_checked():
         create_classifier("tf_efficientnet_lite0", num_classes=7, drop_path_rate=1.0)
 
 
+def test_architectures_without_stochastic_depth_still_build(tmp_path):
+    """timm's repghostnet takes no drop_path_rate argument: the default rate 0 must not pass one."""
+    path = tmp_path / "repghostnet.pth"
+    torch.save(timm.create_model("repghostnet_050", pretrained=False, num_classes=0).state_dict(), path)
+    assert create_classifier("repghostnet_050", num_classes=3, weights=path).num_classes == 3
+    assert load_backbone("repghostnet_050", weights=path).feature_dim > 0
+    with pytest.raises(ValueError, match="'repghostnet_050' has no stochastic depth; use drop_path_rate=0"):
+        create_classifier("repghostnet_050", num_classes=3, weights=path, drop_path_rate=0.1)
+
+
 def test_mismatching_checkpoint_is_rejected_by_name(tmp_path):
     other = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), other)
