@@ -90,5 +90,7 @@ def load_finetuned(
     raw = json.loads(meta_path.read_text())
     metadata = ModelMetadata(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
     model = (model_factory or _timm_factory)(metadata.backbone, metadata.num_classes)
+    # Not timm.models.load_checkpoint: its clean_state_dict strips 'module.'/'_orig_mod.' prefixes,
+    # which breaks the round trip of a factory model that has such a child (a wrapper, torch.compile).
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.to(device).eval(), metadata

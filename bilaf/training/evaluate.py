@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, recall_score
 from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
@@ -66,15 +67,14 @@ def classification_metrics(
     top = max(int(true_labels.max()), int(predicted_labels.max()))
     if top >= num_classes:
         raise InvalidInputError(f"label {top} is out of range for num_classes={num_classes}")
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (true_labels, predicted_labels), 1)
-    support = confusion.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(support > 0, np.diag(confusion) / support, np.nan)
+    classes = np.arange(num_classes)
     return ClassificationMetrics(
-        accuracy=float(np.trace(confusion) / true_labels.size),
-        per_class_accuracy=per_class,
-        confusion=confusion,
+        accuracy=float(accuracy_score(true_labels, predicted_labels)),
+        # recall of each class; NaN (not 0) where the test labels hold none of it
+        per_class_accuracy=recall_score(
+            true_labels, predicted_labels, labels=classes, average=None, zero_division=np.nan
+        ),
+        confusion=confusion_matrix(true_labels, predicted_labels, labels=classes),
     )
 
 
@@ -263,8 +263,9 @@ def plot_confusion_matrix(
     title: str = "Confusion matrix",
 ) -> Figure:
     """Heat-map of a confusion matrix (rows: true, columns: predicted); with ``normalize`` each
-    row shows fractions of its true class. Returns a Figure (``fig.savefig(path)`` or
-    ``mlflow.log_figure``); no pyplot state is touched."""
+    row shows fractions of its true class. Drawn by scikit-learn's ``ConfusionMatrixDisplay``
+    (cell values up to 30 classes). Returns a Figure (``fig.savefig(path)`` or
+    ``mlflow.log_figure``); no pyplot figure is created."""
     confusion = np.asarray(confusion)
     n = len(class_names)
     if confusion.shape != (n, n):
@@ -277,26 +278,16 @@ def plot_confusion_matrix(
     size = max(4.0, 0.5 * n + 2)
     figure = Figure(figsize=(size + 1, size), layout="constrained")
     axes = figure.add_subplot()
-    image = axes.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    figure.colorbar(image, ax=axes, fraction=0.046)
+    display = ConfusionMatrixDisplay(values, display_labels=list(class_names)).plot(
+        ax=axes,
+        cmap="Blues",
+        colorbar=False,
+        include_values=0 < n <= 30,
+        values_format=".2f" if normalize else ".0f",
+        im_kw={"vmin": 0, "vmax": 1 if normalize else None},
+        text_kw={"fontsize": 7},
+    )
+    figure.colorbar(display.im_, ax=axes, fraction=0.046)
     axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
-    axes.set_yticks(range(n), labels=list(class_names))
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title)
-    if n <= 30:
-        threshold = values.max() / 2 if values.size else 0
-        for row in range(n):
-            for column in range(n):
-                value = values[row, column]
-                text = f"{value:.2f}" if normalize else str(int(value))
-                axes.text(
-                    column,
-                    row,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if value > threshold else "black",
-                )
+    axes.set(xlabel="predicted", ylabel="true", title=title)
     return figure

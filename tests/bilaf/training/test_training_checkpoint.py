@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from torch import nn
 
 from bilaf.training import (
     ModelMetadata,
@@ -55,3 +56,23 @@ def test_loading_a_directory_without_a_model_is_an_error(tmp_path) -> None:
 def test_metadata_needs_two_classes() -> None:
     with pytest.raises(ValueError, match="at least two classes"):
         ModelMetadata("tf_efficientnet_lite0", ["only"], 128, (0.5,) * 3, (0.5,) * 3)
+
+
+class _Wrapper(nn.Module):
+    """A model whose own keys start with 'module.' (as DDP's or AveragedModel's do)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.module = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def test_round_trip_keeps_the_factory_models_own_key_names(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = _Wrapper(2)
+    metadata = ModelMetadata("custom", ["a", "b"], 32, (0.5,) * 3, (0.5,) * 3)
+    save_finetuned(model, metadata, tmp_path)
+    loaded, _ = load_finetuned(tmp_path, lambda backbone, num_classes: _Wrapper(num_classes))
+    assert torch.equal(loaded.module.weight, model.module.weight)

@@ -97,3 +97,22 @@ def test_confusion_plot_renders_to_png(tmp_path) -> None:
     np.testing.assert_allclose(image[2], [0, 0, 0])  # a class without samples stays empty
     with pytest.raises(ValueError, match="must be 2x2"):
         plot_confusion_matrix(confusion, ["a", "b"])
+
+
+def test_confusion_plot_shows_title_axes_labels_and_cell_values() -> None:
+    confusion = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 0]])
+    figure = plot_confusion_matrix(confusion, ["a", "b", "c"], title="on the test split")
+    axes = figure.axes[0]
+    assert (axes.get_title(), axes.get_xlabel(), axes.get_ylabel()) == ("on the test split", "predicted", "true")
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["a", "b", "c"]
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["a", "b", "c"]
+    assert axes.images[0].get_clim() == (0, 1)
+    assert [text.get_text() for text in axes.texts][3:6] == ["0.20", "0.70", "0.10"]
+    assert len(figure.axes) == 2  # the heat-map and its colour bar
+
+    counts = plot_confusion_matrix(confusion, ["a", "b", "c"], normalize=False).axes[0]
+    assert [text.get_text() for text in counts.texts] == [str(v) for v in confusion.ravel()]
+    np.testing.assert_array_equal(counts.images[0].get_array(), confusion)
+
+    many = plot_confusion_matrix(np.eye(31, dtype=int), [str(i) for i in range(31)]).axes[0]
+    assert not many.texts  # too many cells to print

@@ -97,6 +97,40 @@ def test_drop_path_rises_linearly_over_the_blocks_of_a_timm_model() -> None:
     assert not any(isinstance(m, DropPath) for m in model.modules())
 
 
+def _drop_path_slots(model: nn.Module) -> list[tuple[str, str, float | None]]:
+    return [
+        (name, type(module).__name__, getattr(module, "drop_prob", None))
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1].startswith("drop_path")
+    ]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.3])
+def test_drop_path_built_by_timm_equals_drop_path_set_on_the_built_model(rate: float) -> None:
+    """create_classifier(drop_path_rate=r) (timm's create_model) and set_drop_path_rate(model, r)
+    give the same modules, weights and training forward pass: moving the rate to construction
+    changes nothing."""
+    from bilaf.features import create_classifier
+
+    torch.manual_seed(0)  # the new head's initialisation
+    built = create_classifier("tf_efficientnet_lite0", num_classes=7, drop_path_rate=rate)
+    torch.manual_seed(0)
+    reset = create_classifier("tf_efficientnet_lite0", num_classes=7)
+    assert set_drop_path_rate(reset, rate) == 16
+    slots = _drop_path_slots(built)
+    assert slots == _drop_path_slots(reset) and len(slots) == 16
+    assert sum(kind == "DropPath" for _, kind, _ in slots) == (15 if rate else 0)
+    built_state, reset_state = built.state_dict(), reset.state_dict()
+    assert built_state.keys() == reset_state.keys()
+    assert all(torch.equal(built_state[key], reset_state[key]) for key in built_state)
+    images = torch.randn(4, 3, 32, 32)
+    outputs = []
+    for model in (built, reset):
+        torch.manual_seed(1)  # the drop-path draws
+        outputs.append(model.train()(images))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
 def test_drop_path_on_a_model_without_slots_is_an_error(small_cnn: Callable) -> None:
     with pytest.raises(ValueError, match="no drop_path slots"):
         set_drop_path_rate(small_cnn(3), 0.1)
