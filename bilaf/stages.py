@@ -468,7 +468,10 @@ def _run_finetuned_model(paths: ProjectPaths, params: Params) -> StageOutcome:
     )
     torch.manual_seed(section.seed)  # the new head's initialisation: same seed, same model
     model = create_classifier(
-        params.features.backbone, num_classes=len(labeled.classes), weights=params.features.weights
+        params.features.backbone,
+        num_classes=len(labeled.classes),
+        weights=params.features.weights,
+        drop_path_rate=config.drop_path_rate,
     )
     mean, std = input_normalisation(params.features.backbone, params.features.weights)
     result = finetune(model, labeled.train_paths, labeled.train_labels, mean=mean, std=std, config=config)

@@ -287,6 +287,10 @@ def plot_confusion_matrix(
         im_kw={"vmin": 0, "vmax": 1 if normalize else None},
         text_kw={"fontsize": 7},
     )
+    if display.text_ is not None:  # white on dark cells, black on light ones, as before sklearn drew it
+        threshold = values.max() / 2 if values.size else 0
+        for (row, column), text in np.ndenumerate(display.text_):
+            text.set_color("white" if values[row, column] > threshold else "black")
     figure.colorbar(display.im_, ax=axes, fraction=0.046)
     axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
     axes.set(xlabel="predicted", ylabel="true", title=title)

@@ -108,6 +108,9 @@ def test_confusion_plot_shows_title_axes_labels_and_cell_values() -> None:
     assert [label.get_text() for label in axes.get_yticklabels()] == ["a", "b", "c"]
     assert axes.images[0].get_clim() == (0, 1)
     assert [text.get_text() for text in axes.texts][3:6] == ["0.20", "0.70", "0.10"]
+    # white on cells above half the largest value, black elsewhere (the figure's bytes are unchanged
+    # since sklearn draws it: its own rule would colour the text with the colour map's ends)
+    assert [text.get_color() for text in axes.texts][3:6] == ["black", "white", "black"]
     assert len(figure.axes) == 2  # the heat-map and its colour bar
 
     counts = plot_confusion_matrix(confusion, ["a", "b", "c"], normalize=False).axes[0]
