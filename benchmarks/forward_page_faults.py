@@ -9,6 +9,7 @@ tf_efficientnet_lite0 (after one warm-up pass), timed with getrusage.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ print(json.dumps({"retained": retained, "images_per_s": 640 / seconds,
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(f"forward_page_faults: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     print("| allocation | img/s | minor faults per batch | user s | sys s |")
     print("|---|---|---|---|---|")

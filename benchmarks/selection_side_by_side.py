@@ -43,15 +43,14 @@ RELEASED_FILES = ("ActiveFT_CIFAR.py", "density_cluster.py")
 
 # Runs inside the code tree under test (``sys.path[0]``); prints one JSON line.
 _OURS = r"""
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 import torch
-try:
-    from bilaf import selection as sel
-except ImportError:
-    from dagster_project import selection as sel
 from importlib import import_module
-pkg = sel.__name__
+# The tree's own package (cwd): the editable install would resolve `bilaf` to the working tree.
+pkg = "bilaf.selection" if os.path.isdir("bilaf/selection") else "dagster_project.selection"
+sel = import_module(pkg)
+assert sel.__file__.startswith(os.getcwd()), (sel.__file__, os.getcwd())
 validate_inputs = import_module(pkg + "._validation").validate_inputs
 core_pick_order = import_module(pkg + ".cores").core_pick_order
 method_params = import_module(pkg + ".cores").method_params

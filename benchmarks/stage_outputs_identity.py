@@ -27,8 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 INPUTS = ("params.yaml", "data", "labels")
 RUN_STAGES = r"""
-import json, sys, time
+import json, os, sys, time
+import bilaf.stages
 from bilaf.stages import STAGES, run_stage
+# The tree under test is the cwd (first on sys.path for -c) and PYTHONPATH: its own stage code must run.
+assert bilaf.stages.__file__.startswith(os.environ["PYTHONPATH"]), bilaf.stages.__file__
 seconds = {}
 for name in STAGES:
     started = time.perf_counter()
@@ -40,6 +43,9 @@ print(json.dumps(seconds))
 
 def _export(ref: str, into: Path) -> Path:
     into.mkdir(parents=True)
+    tree = subprocess.run(["git", "-C", str(REPO), "ls-tree", ref, "bilaf/stages.py"], capture_output=True, text=True)
+    if not tree.stdout.strip():
+        raise SystemExit(f"{ref} has no bilaf/stages.py (before the package split): its stages cannot run here")
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
@@ -64,7 +70,7 @@ def _run(code: Path, project: Path) -> dict[str, float]:
     environment = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     print(f"running every stage with the code in {code} ...", file=sys.stderr, flush=True)
     completed = subprocess.run(
-        [sys.executable, "-c", RUN_STAGES, str(project)], env=environment, capture_output=True, text=True
+        [sys.executable, "-c", RUN_STAGES, str(project)], cwd=code, env=environment, capture_output=True, text=True
     )
     if completed.returncode != 0:
         raise SystemExit(f"the stages failed with the code in {code}:\n{completed.stderr[-4000:]}")

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bilaf.errors import InvalidInputError
+
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
@@ -83,8 +85,18 @@ def remove_leftovers(path: Path) -> None:
     """Delete what a killed writer of ``path`` left half-done: its staging folders beside it, and
     temporary files inside it. Safe because one writer at a time holds the project (the lock)."""
     path = Path(path)
-    for leftover in [*path.parent.glob(f".{path.name}.*"), *(path.glob(".*.tmp-*") if path.is_dir() else ())]:
+    for leftover in path.parent.glob(f".{path.name}.*"):
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    remove_temporaries(path)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the `atomic_file` temporaries a killed writer left anywhere under ``folder`` (the pool's
+    images, the label files); only for a folder whose writer holds the project lock."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for leftover in folder.rglob(".*.tmp-*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -93,7 +105,11 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's content; a file that is not JSON (truncated, edited) is named in the error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"{path} is not valid JSON ({error}): was it edited or cut short?") from None
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:

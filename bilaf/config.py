@@ -170,7 +170,10 @@ def section_hash_of(values: Mapping[str, Any]) -> str:
 
 def validated_section(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """One section's values checked on their own (no cross-section rules), with types restored."""
-    return Params.model_fields[name].annotation.model_validate(dict(values)).model_dump()
+    try:
+        return Params.model_fields[name].annotation.model_validate(dict(values)).model_dump()
+    except ValidationError as error:
+        raise InvalidInputError(f"params: {name}.{_describe(error.errors()[0])}") from None
 
 
 def params_from_mapping(raw: Mapping[str, Any] | None) -> Params:

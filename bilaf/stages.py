@@ -109,7 +109,7 @@ def code_files(paths: tuple[str, ...]) -> list[Path]:
 
 
 SOURCE_PATHS = {"pool": "data", "labels": "labels"}
-STAGE_CODE = ("stages.py", "artifacts.py", "rounds.py")  # the glue every stage runs through
+STAGE_CODE = ("stages.py", "artifacts.py", "rounds.py", "progress.py")  # the glue every stage runs through
 
 
 def run_stage(name: str, root: Path, params: Params | None = None) -> StageOutcome:
@@ -468,10 +468,7 @@ def _run_finetuned_model(paths: ProjectPaths, params: Params) -> StageOutcome:
     )
     torch.manual_seed(section.seed)  # the new head's initialisation: same seed, same model
     model = create_classifier(
-        params.features.backbone,
-        num_classes=len(labeled.classes),
-        weights=params.features.weights,
-        drop_path_rate=config.drop_path_rate,
+        params.features.backbone, num_classes=len(labeled.classes), weights=params.features.weights
     )
     mean, std = input_normalisation(params.features.backbone, params.features.weights)
     result = finetune(model, labeled.train_paths, labeled.train_labels, mean=mean, std=std, config=config)

@@ -112,6 +112,7 @@ def import_labels(
     if round_number < 1:
         raise InvalidInputError(f"round must be a positive integer, got {round_number}")
     store_dir = Path(store_dir)
+    artifacts.remove_temporaries(store_dir)  # what a killed import left half-written
     stored = _read_store(store_dir)
     duplicated = _duplicated_ids(stored)
     if duplicated:

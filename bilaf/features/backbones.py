@@ -200,19 +200,7 @@ def _load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
     model.load_state_dict(state_dict, strict=True)
 
 
-def _create_model(name: str, drop_path_rate: float | None, **kwargs: object) -> torch.nn.Module:
-    """``timm.create_model``; a rate for an architecture without stochastic depth is a user error."""
-    try:
-        return timm.create_model(name, drop_path_rate=drop_path_rate, **kwargs)
-    except TypeError as error:
-        if drop_path_rate and "drop_path_rate" in str(error):
-            raise InvalidInputError(
-                f"timm model {name!r} has no stochastic depth; use drop_path_rate=0 for this model"
-            ) from error
-        raise
-
-
-def _hub_model(name: str, drop_path_rate: float | None = None) -> torch.nn.Module:
+def _hub_model(name: str) -> torch.nn.Module:
     """timm's pretrained weights from the hub; fails fast with a clear message when offline."""
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if not offline and not host_reachable("huggingface.co"):
@@ -222,50 +210,39 @@ def _hub_model(name: str, drop_path_rate: float | None = None) -> torch.nn.Modul
             "already in the Hugging Face cache"
         )
     try:
-        return _create_model(name, drop_path_rate, pretrained=True)
-    except InvalidInputError:
-        raise
+        return timm.create_model(name, pretrained=True)
     except Exception as error:  # hub/network/cache errors come in many types
         situation = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else str(error)
         raise OfflineError(f"cannot load hub weights for {name!r}: {situation}") from error
 
 
-def _checkpoint_model(name: str, path: Path, drop_path_rate: float | None = None) -> torch.nn.Module:
+def _checkpoint_model(name: str, path: Path) -> torch.nn.Module:
     """``name`` with the checkpoint at ``path`` loaded strictly (head sized like the checkpoint's)."""
     state_dict = _read_checkpoint(path)
-    headless = _create_model(name, drop_path_rate, pretrained=False, num_classes=0)
+    headless = timm.create_model(name, pretrained=False, num_classes=0)
     if "_conv_stem.weight" in state_dict:
         state_dict = _map_efficientnet_pytorch_keys(state_dict, headless, str(path))
     head_key = f"{headless.pretrained_cfg.get('classifier', 'classifier')}.weight"
     head_classes = state_dict[head_key].shape[0] if head_key in state_dict else 0
-    model = (
-        _create_model(name, drop_path_rate, pretrained=False, num_classes=head_classes) if head_classes else headless
-    )
+    model = timm.create_model(name, pretrained=False, num_classes=head_classes) if head_classes else headless
     _load_strict(model, state_dict, str(path), name)
     return model
 
 
-def _build(
-    name: str, weights: str | Path, num_classes: int | None, drop_path_rate: float = 0.0
-) -> tuple[torch.nn.Module, str, str]:
-    """Model with loaded weights and a head of ``num_classes`` (None: the weights' own head),
-    built with timm's stochastic depth ``drop_path_rate`` (no parameters: the weights are the same).
+def _build(name: str, weights: str | Path, num_classes: int | None) -> tuple[torch.nn.Module, str, str]:
+    """Model with loaded weights and a head of ``num_classes`` (None: the weights' own head).
 
     Returns (model, sha256 of the loaded weights, readable weights source).
     """
     _check_model_name(name)
     if num_classes is not None and num_classes < 0:
         raise InvalidInputError(f"num_classes must be >= 0 or None, got {num_classes}")
-    if not 0 <= drop_path_rate < 1:
-        raise InvalidInputError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-    # None (rate 0) is not passed on: timm models without stochastic depth take no such argument.
-    drop_path = drop_path_rate or None
     if str(weights) == "hub":
-        model = _hub_model(name, drop_path)
+        model = _hub_model(name)
         source = f"hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
     else:
         path = _packaged_checkpoint(name) if str(weights) == "packaged" else Path(weights)
-        model = _checkpoint_model(name, path, drop_path)
+        model = _checkpoint_model(name, path)
         source = f"packaged:{path.name}" if str(weights) == "packaged" else f"checkpoint:{path.name}"
     sha256 = state_dict_sha256(model.state_dict())  # before any head change
     if num_classes is None and not model.num_classes:
@@ -308,18 +285,12 @@ def load_backbone(
 
 
 def create_classifier(
-    name: str = DEFAULT_BACKBONE,
-    num_classes: int | None = None,
-    weights: str | Path = "packaged",
-    drop_path_rate: float = 0.0,
+    name: str = DEFAULT_BACKBONE, num_classes: int | None = None, weights: str | Path = "packaged"
 ) -> torch.nn.Module:
     """Pretrained ``name`` with a classifier head, on CPU in train mode.
 
     ``num_classes=None`` keeps the checkpoint's own head (ImageNet-1k for the packaged weights);
     an integer attaches a freshly initialised head of that size (seed torch first for repeatability).
-    ``drop_path_rate`` is timm's ``create_model(drop_path_rate=...)``: stochastic depth rising
-    linearly over the blocks (for EfficientNets, block i of n gets ``rate * i / n``, the same
-    modules ``bilaf.training.set_drop_path_rate`` puts into a built model).
     """
-    model, _, _ = _build(name, weights, num_classes, drop_path_rate)
+    model, _, _ = _build(name, weights, num_classes)
     return model

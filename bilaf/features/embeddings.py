@@ -42,7 +42,7 @@ from bilaf.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from bilaf.features.datasets import PoolDataset
 from bilaf.features.pool import MANIFEST_NAME, read_manifest
 from bilaf.features.transforms import build_transform
-from bilaf.selection.progress import Progress
+from bilaf.progress import Progress
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",

@@ -36,7 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bilaf import choices, defaults
-from bilaf.artifacts import write_if_changed
+from bilaf.artifacts import remove_temporaries, write_if_changed
 from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features.images import UnreadableImageError, png_bytes
 from bilaf.features.sources import SPLITS, ImageFolderSource, ImageSource, open_source
@@ -294,6 +294,7 @@ def sync_pool(
     _check_sizes(sizes, seed)
     _check_on_unreadable(on_unreadable)
     data_dir = Path(data_dir)
+    remove_temporaries(data_dir)  # what a killed sync or ingest left half-written
     image_source = open_source(source, root)
     scan = _scan(image_source, data_dir, on_unreadable)
     rows = _existing_rows(data_dir)
@@ -381,6 +382,7 @@ def ingest_folder(data_dir: Path, folder: Path, *, split: str = "train", on_unre
     """
     _check_on_unreadable(on_unreadable)
     data_dir = Path(data_dir)
+    remove_temporaries(data_dir)  # what a killed sync or ingest left half-written
     image_source = ImageFolderSource(folder, split=split)
     scan = _scan(image_source, data_dir, on_unreadable)
     rows = _existing_rows(data_dir)
@@ -525,7 +527,7 @@ def read_manifest(data_dir: Path) -> pd.DataFrame:
         raise MissingFileError(f"data directory {data_dir} does not exist; {hint}")
     manifest = data_dir / MANIFEST_NAME
     if not manifest.is_file():
-        raise InvalidInputError(f"no {MANIFEST_NAME} in {data_dir}; {hint}")
+        raise MissingFileError(f"no {MANIFEST_NAME} in {data_dir}; {hint}")
     frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     if "origin" not in frame.columns:
         frame["origin"] = ""

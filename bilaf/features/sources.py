@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from bilaf import choices
-from bilaf.errors import InvalidInputError, MissingFileError
+from bilaf.errors import InvalidInputError, MissingFileError, OfflineError
 from bilaf.features._network import host_reachable
 from bilaf.features.images import decode_image_file, image_id, is_image_name, normalize_image, pixels_id
 
@@ -239,7 +239,7 @@ def _fashion_mnist_dir(root: Path | None) -> Path:
     download_root = root if root is not None else _DOWNLOAD_ROOT
     searched = ", ".join(str(c) for c in candidates)
     if not host_reachable("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80):
-        raise InvalidInputError(
+        raise OfflineError(
             f"Fashion-MNIST files not found (looked in {searched}) and no network to download them: "
             "install the Debian package 'dataset-fashion-mnist' or pass root= a folder with "
             f"{', '.join(names)}"
@@ -275,7 +275,7 @@ def cifar_source(num_classes: int, root: Path | None = None) -> ArraySource:
             dataset = dataset_class(root, train=split == "train", download=False)
         except RuntimeError:
             if not host_reachable("www.cs.toronto.edu"):
-                raise InvalidInputError(
+                raise OfflineError(
                     f"{name} files not found or corrupted under {root} (expected {root}/"
                     f"{dataset_class.base_folder}) and no network to download them"
                 ) from None

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from bilaf import choices
 from bilaf.errors import InvalidInputError
+from bilaf.progress import Progress
 
 from ._geometry import claim_items, device, rows_per_block, scatter_rows, top_matches
-from .progress import Progress
 
 LOSS_FORMS = choices.ACTIVEFT_LOSSES
 FULL_BATCH_LIMIT = 100_000  # larger pools use a fresh random subset of this size per iteration

@@ -10,10 +10,10 @@ import numpy as np
 
 from bilaf import defaults
 from bilaf.errors import InvalidInputError
+from bilaf.progress import Progress
 
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
 from ._validation import validate_core_indices, validate_inputs
-from .progress import Progress
 from .results import BOUNDARY_ROLE, CORE_ROLE, ClusterStats, CoreSelection, DenoisedPool, Pick, SelectionResult
 from .variants import BUDGET_RULES, Stage2Settings, resolve_settings
 

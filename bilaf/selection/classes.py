@@ -28,13 +28,13 @@ import torch
 
 from bilaf import defaults
 from bilaf.errors import InvalidInputError
+from bilaf.progress import Progress
 
 from ._geometry import ClusterDistances, device, l2_normalize, rows_per_block, squared_distances
 from ._validation import KnownItems, validate_inputs, validate_known
 from .boundary import _TINY, apportion, check_boundary_args
 from .denoise import IdcParams, grow_from_seeds
 from .probe import INVERSE_REGULARIZATION, class_probabilities
-from .progress import Progress
 from .results import BOUNDARY_ROLE, CORE_ROLE, ClassRegions, ClassStats, Pick, SelectionResult
 
 LABEL_AWARE = "bilaf-labels"

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from bilaf.errors import InvalidInputError
+from bilaf.progress import Progress
 
 from ._geometry import claim_items, device, l2_normalize, nearest_centres, scatter_rows, top_matches
 from ._validation import KnownItems, validate_inputs, validate_known
 from .activeft import ActiveFTParams, activeft
-from .progress import Progress
 from .results import CoreSelection
 
 

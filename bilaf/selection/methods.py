@@ -46,7 +46,7 @@ def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
 
     def add(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY:
-            raise InvalidInputError(f"selection method {name!r} is already registered")
+            raise ValueError(f"selection method {name!r} is already registered")  # a bug, not the user's
         _REGISTRY[name] = fn
         return fn
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bilaf.errors import InvalidInputError
+from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features.transforms import Transform
 
 __all__ = ["ImageListDataset"]
@@ -40,7 +40,7 @@ class ImageListDataset(Dataset):
         self.transform = transform
         absent = [str(p) for p in self.image_paths if not p.is_file()]
         if absent:
-            raise InvalidInputError(f"{len(absent)} image file(s) do not exist, e.g. {absent[:3]}")
+            raise MissingFileError(f"{len(absent)} image file(s) do not exist, e.g. {absent[:3]}")
 
     def __len__(self) -> int:
         return len(self.image_paths)

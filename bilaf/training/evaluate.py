@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, recall_score
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
@@ -67,14 +67,12 @@ def classification_metrics(
     top = max(int(true_labels.max()), int(predicted_labels.max()))
     if top >= num_classes:
         raise InvalidInputError(f"label {top} is out of range for num_classes={num_classes}")
-    classes = np.arange(num_classes)
+    confusion = confusion_matrix(true_labels, predicted_labels, labels=np.arange(num_classes))
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, np.diag(confusion) / support, np.nan)  # NaN: none in the test labels
     return ClassificationMetrics(
-        accuracy=float(accuracy_score(true_labels, predicted_labels)),
-        # recall of each class; NaN (not 0) where the test labels hold none of it
-        per_class_accuracy=recall_score(
-            true_labels, predicted_labels, labels=classes, average=None, zero_division=np.nan
-        ),
-        confusion=confusion_matrix(true_labels, predicted_labels, labels=classes),
+        accuracy=float(np.trace(confusion) / true_labels.size), per_class_accuracy=per_class, confusion=confusion
     )
 
 

@@ -149,12 +149,11 @@ def set_drop_path_rate(model: nn.Module, rate: float) -> int:
 
     timm fixes drop-path at construction (``drop_path_rate``) and puts an ``nn.Identity`` in a
     block's ``drop_path*`` slot when the rate is 0. ``finetune`` takes an already-built model
-    (from ``create_classifier``, a benchmark, or a test's small CNN), so it re-sets the slots from
-    its config: block i of n gets ``rate * i / n`` (timm's EfficientNet rule). For an EfficientNet
-    this gives exactly the modules of ``create_classifier(..., drop_path_rate=rate)``
-    (tests/bilaf/training/test_training_finetune.py), so re-setting a model built with the same
-    rate changes nothing. Returns the number of blocks. Raises ValueError for a positive rate on a
-    model without such slots.
+    (from ``create_classifier``, a benchmark, or a test's small CNN), so it sets the slots from its
+    config: block i of n gets ``rate * i / n``. For an EfficientNet these are exactly the modules of
+    ``timm.create_model(..., drop_path_rate=rate)`` (tests/bilaf/training/test_training_finetune.py).
+    Returns the number of blocks. Raises ValueError for a positive rate on a model without such
+    slots.
     """
     blocks: list[tuple[nn.Module, list[str]]] = []
     for module in model.modules():

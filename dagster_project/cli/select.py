@@ -126,15 +126,18 @@ def load_candidates(path: Path, split: str | None = None, data: Path | None = No
         raise InvalidInputError(f"--split and --data need an embeddings folder (`bilaf embed --out`); got {path}")
     if not path.is_file():
         raise MissingFileError(f"features file {path} does not exist")
-    if path.suffix == ".npy":
-        features = np.load(path)
-    elif path.suffix == ".npz":
-        with np.load(path) as archive:
-            if "features" not in archive.files:
-                raise InvalidInputError(f"{path} has no array named 'features' (it has {archive.files})")
-            features = archive["features"]
-    else:
+    if path.suffix not in (".npy", ".npz"):
         raise InvalidInputError(f"features file must be .npy or .npz; got {path}")
+    try:
+        if path.suffix == ".npy":
+            features = np.load(path)
+        else:
+            with np.load(path) as archive:
+                features = archive["features"] if "features" in archive.files else None
+    except (ValueError, OSError) as error:  # numpy: not an array file, or an object array
+        raise InvalidInputError(f"{path} is not a NumPy array file ({error})") from None
+    if features is None:
+        raise InvalidInputError(f"{path} has no array named 'features' (it has {archive.files})")
     return Candidates(features=features, rows=np.arange(len(features)))
 
 

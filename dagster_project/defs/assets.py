@@ -165,7 +165,7 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
     def _materialize(
         context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        from bilaf.selection.progress import reporting_progress
+        from bilaf.progress import reporting_progress
         from dagster_project.defs.planning import reusable_materialization
         from dagster_project.defs.progress import ProgressLog
 
@@ -189,13 +189,14 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
             with reporting_progress(ProgressLog(context.log)):
                 outcome = run_stage(spec.name, project.paths.root, params)
             output_hash = dvc.commit_stage(spec.name)
+            code_deps = {f"bilaf/{path}" for path in spec.code_paths}
             tracked.set_tags(
                 {
                     "dvc_md5": output_hash,
                     **{
                         f"dvc_input:{path}": md5
                         for path, md5 in dvc.dependency_hashes(spec.name).items()
-                        if not path.startswith("bilaf/")
+                        if path not in code_deps  # the code is recorded as code_version
                     },
                     **({"round": str(outcome.metadata["round"])} if "round" in outcome.metadata else {}),
                 }

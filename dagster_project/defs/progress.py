@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from bilaf.selection.progress import ProgressEvent
+    from bilaf.progress import ProgressEvent
 
 LOGGED_PARTS = 10  # one line each time another tenth of a loop's steps is done
 

@@ -56,3 +56,17 @@ def test_atomic_output_replaces_a_folder_and_clears_a_killed_writers_staging(tmp
             pass
     assert (output / "selection.csv").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boundary_set"]
+
+
+def test_remove_temporaries_deletes_killed_writes_at_any_depth_and_nothing_else(tmp_path):
+    image = tmp_path / "train" / "3" / "abc.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"png")
+    killed = artifacts.temporary_sibling(image)  # a sync killed while writing this image
+    killed.write_bytes(b"half")
+    hidden = tmp_path / ".keep"  # a hidden file that is no temporary of ours
+    hidden.write_text("x")
+    artifacts.remove_temporaries(tmp_path)
+    assert not killed.exists()
+    assert image.read_bytes() == b"png" and hidden.exists()
+    artifacts.remove_temporaries(tmp_path / "absent")  # a folder not made yet: nothing to do

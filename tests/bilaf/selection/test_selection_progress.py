@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from bilaf.progress import reporting_progress
 from bilaf.selection import select, select_cores
-from bilaf.selection.progress import reporting_progress
 from dagster_project.defs.progress import ProgressLog
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,12 +116,16 @@ def test_cli_writes_json_from_npz(tmp_path, features):
         (["--features", "missing.npy"], "does not exist"),
         (["--budget", "800"], "budget 800 is larger than the pool"),
         (["--features", "wrong.npz"], "no array named 'features'"),
+        (["--features", "garbage.npy"], "garbage.npy is not a NumPy array file"),
+        (["--features", "f.txt"], "must be .npy or .npz"),
     ],
 )
 def test_cli_reports_user_errors(tmp_path, monkeypatch, features, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     np.save("f.npy", features)
     np.savez("wrong.npz", embeddings=features)
+    Path("garbage.npy").write_bytes(b"not an array")
+    Path("f.txt").write_text("1 2 3")
     defaults = {"--features": "f.npy", "--budget": "10", "--out": "selection.csv"}
     for flag, value in zip(args[::2], args[1::2]):
         defaults[flag] = value

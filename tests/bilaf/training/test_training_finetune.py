@@ -107,15 +107,12 @@ def _drop_path_slots(model: nn.Module) -> list[tuple[str, str, float | None]]:
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.3])
 def test_drop_path_built_by_timm_equals_drop_path_set_on_the_built_model(rate: float) -> None:
-    """create_classifier(drop_path_rate=r) (timm's create_model) and set_drop_path_rate(model, r)
-    give the same modules, weights and training forward pass: moving the rate to construction
-    changes nothing."""
-    from bilaf.features import create_classifier
-
-    torch.manual_seed(0)  # the new head's initialisation
-    built = create_classifier("tf_efficientnet_lite0", num_classes=7, drop_path_rate=rate)
+    """timm's create_model(drop_path_rate=r) and set_drop_path_rate(model, r) give the same modules,
+    weights and training forward pass: finetune's re-set of a built model is timm's rule."""
     torch.manual_seed(0)
-    reset = create_classifier("tf_efficientnet_lite0", num_classes=7)
+    built = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=7, drop_path_rate=rate)
+    torch.manual_seed(0)
+    reset = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=7)
     assert set_drop_path_rate(reset, rate) == 16
     slots = _drop_path_slots(built)
     assert slots == _drop_path_slots(reset) and len(slots) == 16

@@ -69,3 +69,16 @@ def test_every_stage_asset_declares_its_code_version_and_every_input():
             | {source_key(source) for source in stage.sources}
             | {params_key(section) for section in lineage_params(stage.name)}
         )
+
+
+def test_the_selection_asset_depends_on_every_section_before_it_and_on_no_later_one():
+    """Written out by hand: a penalty change must make boundary_set stale, a finetuning change must not."""
+    (spec,) = next(asset for asset in STAGE_ASSETS if asset.key == dg.AssetKey("boundary_set")).specs
+    assert {dep.asset_key.to_user_string() for dep in spec.deps} == {
+        "embeddings",
+        "round",
+        "core_centers",
+        "denoised_pool",
+        *(f"params/{section}" for section in ("data", "features", "core", "later_rounds", "denoise", "boundary")),
+        "params/annotation",
+    }

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from bilaf import defaults
-from bilaf.config import Params, load_params, params_from_mapping
+from bilaf.config import Params, load_params, params_from_mapping, validated_section
+from bilaf.errors import InvalidInputError
 
 REPO = Path(__file__).resolve().parents[3]
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -101,3 +102,11 @@ def test_missing_or_malformed_file_is_reported(tmp_path):
     (tmp_path / "params.yaml").write_text("- a list\n")
     with pytest.raises(ValueError, match="must hold a mapping of sections"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_section_read_back_from_a_record_is_checked_with_the_key_named():
+    """`bilaf explain`/`reproduce` re-check the params an MLflow run recorded, one section at a time."""
+    core = Params().core.model_dump()
+    assert validated_section("core", core) == core
+    with pytest.raises(InvalidInputError, match=r"params: core\.n_cores"):
+        validated_section("core", {**core, "n_cores": "many"})

@@ -1,4 +1,5 @@
-"""Progress of the selection loops that can take a while, for the console and for whoever listens.
+"""Progress of the loops that can take a while (selection, embedding), for the console and for whoever
+listens.
 
 Every such loop iterates through ``Progress``: a tqdm bar on the console (shown on a terminal only)
 and, inside ``reporting_progress(listener)``, one ``ProgressEvent`` per finished step for the
@@ -31,7 +32,7 @@ class ProgressEvent:
 
 
 ProgressListener = Callable[[ProgressEvent], None]
-_listener: ContextVar[ProgressListener | None] = ContextVar("selection_progress_listener", default=None)
+_listener: ContextVar[ProgressListener | None] = ContextVar("bilaf_progress_listener", default=None)
 
 
 @contextmanager
