@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: env run test test-all lint format ui mlflow-ui data benchmarks clean-env
+.PHONY: env run test test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status
 
 env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST) $(DAGSTER_HOME)/dagster.yaml
 
@@ -78,6 +78,17 @@ ui: env
 mlflow-ui: env
 	@echo "MLflow UI: http://127.0.0.1:5000"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root mlflow/artifacts
+
+# A Dask scheduler and 2 worker processes on 127.0.0.1 (folder .cluster/), for trying compute.scheduler on one
+# box: set `compute.scheduler: .cluster/scheduler.json` in params.yaml (README "Beyond one machine").
+cluster: env
+	$(BIN)/bilaf cluster up
+
+cluster-down: env
+	$(BIN)/bilaf cluster down
+
+cluster-status: env
+	$(BIN)/bilaf cluster status
 
 # Label Studio (the annotators' tool) in its own venv, for its round-trip test
 # (tests/bilaf/annotation/run_label_studio_test.sh) and for annotation teams running it locally.

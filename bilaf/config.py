@@ -23,6 +23,7 @@ from bilaf import defaults
 from bilaf.errors import InvalidInputError, MissingFileError
 
 PARAMS_FILE = "params.yaml"
+OPTIONAL_SECTIONS = ("compute",)  # where the work runs, not what it computes: defaults when left out
 # Train items of the sources whose size is known without reading them (null train_size = all).
 SOURCE_TRAIN_ITEMS = {"fashion-mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
@@ -105,6 +106,18 @@ class EvaluationParams(_Section):
     knn_k: int = Field(defaults.KNN_K, ge=1)
 
 
+class ComputeParams(_Section):
+    """Where the heavy work runs (embedding shards, the selection's shards): ``local`` (this
+    process), a Dask scheduler's address (``tcp://host:port``) or a scheduler file. Outputs are the
+    same wherever it runs, so this section is in no lineage (``Params.section_names`` leaves it out)
+    and may be left out of params.yaml. ``$BILAF_DASK_SCHEDULER`` overrides ``scheduler``, and
+    ``$BILAF_EMBEDDING_CACHE`` ``embedding_cache`` (null: the project's `.cache/embeddings`; a folder
+    or an ``s3://bucket/prefix`` URL every worker reaches)."""
+
+    scheduler: str = Field(defaults.SCHEDULER, min_length=1)
+    embedding_cache: str | None = None
+
+
 class Params(BaseModel):
     """Every section of params.yaml; ``Params()`` holds every default."""
 
@@ -119,6 +132,7 @@ class Params(BaseModel):
     annotation: AnnotationParams = AnnotationParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluation: EvaluationParams = EvaluationParams()
+    compute: ComputeParams = ComputeParams()
 
     @model_validator(mode="after")
     def _budget_rules(self) -> Params:
@@ -151,7 +165,9 @@ class Params(BaseModel):
 
     @classmethod
     def section_names(cls) -> tuple[str, ...]:
-        return tuple(cls.model_fields)
+        """The sections that decide what the stages compute: every lineage records them. ``compute``
+        says only where the work runs, so it is not one of them."""
+        return tuple(name for name in cls.model_fields if name not in OPTIONAL_SECTIONS)
 
     def check_pool(self, train_items: int) -> None:
         """The budget against the pool as it is (for sources whose size the schema cannot know)."""
@@ -181,10 +197,10 @@ def params_from_mapping(raw: Mapping[str, Any] | None) -> Params:
     if not isinstance(raw, Mapping):
         raise InvalidInputError(f"params: the file must hold a mapping of sections, got {type(raw).__name__}")
     names = Params.section_names()
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(set(raw) - set(names) - set(OPTIONAL_SECTIONS))
     if unknown:
-        raise InvalidInputError(f"params: {unknown[0]} is not a known section (known: {list(names)})")
-    for name in names:
+        raise InvalidInputError(f"params: {unknown[0]} is not a known section (known: {[*names, *OPTIONAL_SECTIONS]})")
+    for name in [*names, *(section for section in OPTIONAL_SECTIONS if section in raw)]:
         if name not in raw:
             raise InvalidInputError(
                 f"params: section {name} is missing (its keys and defaults: {getattr(Params(), name).model_dump()})"

@@ -52,3 +52,6 @@ FINETUNE_SEED = 0
 
 # evaluation
 KNN_K = 20
+
+# compute: where the heavy work runs (not lineage)
+SCHEDULER = "local"

@@ -11,20 +11,25 @@ neither labeled nor pending.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bilaf import artifacts, rounds
+from bilaf.compute import EMBEDDING_CACHE_ENV, Compute, open_compute
 from bilaf.config import PARAMS_FILE, Params, load_params
 from bilaf.errors import BilafError, InvalidInputError
+
+if TYPE_CHECKING:
+    from bilaf.selection.shards import FeatureRows
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 GROUND_TRUTH = "ground-truth"
@@ -244,23 +249,66 @@ def _run_round(paths: ProjectPaths, params: Params) -> StageOutcome:
     )
 
 
+@contextlib.contextmanager
+def stage_compute(params: Params, root: Path | None = None) -> Iterator[Compute]:
+    """The Compute of `compute.scheduler` (or $BILAF_DASK_SCHEDULER) for one stage of the project
+    in ``root`` (where a relative scheduler file is found)."""
+    compute = open_compute(params.compute.scheduler, root)
+    try:
+        yield compute
+    finally:
+        compute.close()
+
+
+def check_compute(paths: ProjectPaths, params: Params) -> None:
+    """Reach the configured Dask scheduler before any work (one line naming it if it is down)."""
+    with stage_compute(params, paths.root):
+        pass
+
+
+def embedding_cache(paths: ProjectPaths, params: Params) -> str:
+    """Where embedding shards are cached: $BILAF_EMBEDDING_CACHE, `compute.embedding_cache`, or the
+    project's `.cache/embeddings` (a folder or an fsspec URL every worker reaches)."""
+    configured = os.environ.get(EMBEDDING_CACHE_ENV) or params.compute.embedding_cache
+    if not configured:
+        return str(paths.embedding_cache)
+    return configured if "://" in configured else str(paths.root / configured)
+
+
+def _compute_metadata(compute: Compute) -> dict[str, Any]:
+    """Where the work ran, for the run log and the asset metadata (never lineage)."""
+    return {f"compute_{key}": value for key, value in compute.describe().items()}
+
+
 def _run_embeddings(paths: ProjectPaths, params: Params) -> StageOutcome:
     from bilaf.features import embed_pool
 
     section = params.features
-    info = embed_pool(
-        paths.data,
-        paths.output("embeddings"),
-        backbone=section.backbone,
-        weights=section.weights,
-        image_size=section.image_size,
-        batch_size=section.batch_size,
-        cache_dir=paths.embedding_cache,
-    )
+    with stage_compute(params, paths.root) as compute:
+        info = embed_pool(
+            paths.data,
+            paths.output("embeddings"),
+            backbone=section.backbone,
+            weights=section.weights,
+            image_size=section.image_size,
+            batch_size=section.batch_size,
+            cache_dir=embedding_cache(paths, params),
+            compute=compute,
+        )
+        where = _compute_metadata(compute)
     unreadable = pool_unreadable(paths)
+    processes = sorted({f"{shard.host}:{shard.pid}" for shard in info.shards})
     return StageOutcome(
-        metrics={**_numeric(dataclasses.asdict(info)), "pool_unreadable_files": len(unreadable)},
-        metadata={"backbone": section.backbone, "weights": section.weights},
+        metrics={
+            **_numeric({key: value for key, value in dataclasses.asdict(info).items() if key != "shards"}),
+            "pool_unreadable_files": len(unreadable),
+        },
+        metadata={
+            "backbone": section.backbone,
+            "weights": section.weights,
+            **where,
+            **({"shards_computed": len(info.shards), "computed_by": ", ".join(processes)} if info.shards else {}),
+        },
     )
 
 
@@ -277,11 +325,20 @@ def _run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
     strategy = round_strategy(params, known, pool)
     n_cores = {ONE_SHOT: params.core.n_cores, "bilaf": params.later_rounds.n_cores}.get(strategy, 0)
     payload: dict[str, Any] = {"round": known.round, "strategy": strategy}
+    where: dict[str, Any] = {}
     if n_cores:
         labels, pending = known.rows(pool)
-        cores = select_cores(
-            pool.features, n_cores, method=params.core.method, seed=params.core.seed, labels=labels, pending=pending
-        )
+        with stage_compute(params, paths.root) as compute:
+            cores = select_cores(
+                pool.source,
+                n_cores,
+                method=params.core.method,
+                seed=params.core.seed,
+                labels=labels,
+                pending=pending,
+                compute=compute,
+            )
+            where = _compute_metadata(compute)
         payload.update(cores=cores.to_dict(), core_ids=pool.ids_at(cores.indices))
     else:
         payload.update(cores=None, core_ids=[], skipped=_SKIPPED[strategy])
@@ -289,7 +346,7 @@ def _run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
         artifacts.write_json(out, payload)
     return StageOutcome(
         metrics={"n_cores": len(payload["core_ids"]), "pool_size": len(pool.ids)},
-        metadata={"round": known.round, "strategy": strategy},
+        metadata={"round": known.round, "strategy": strategy, **where},
     )
 
 
@@ -361,7 +418,10 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
         kept = regions.kept
     else:
         labels, pending = known.rows(pool)
-        result = select(pool.features, budget, strategy, labels=labels, pending=pending, seed=params.core.seed)
+        with stage_compute(params, paths.root) as compute:
+            result = select(
+                pool.source, budget, strategy, labels=labels, pending=pending, seed=params.core.seed, compute=compute
+            )
     records = selection_records(result, pool, known.round)
     with artifacts.atomic_output(paths.output("boundary_set")) as out:
         out.mkdir()
@@ -654,12 +714,26 @@ class TrainPool:
 
     ids: list[str]
     paths: list[str]
-    features: np.ndarray
+    features_file: Path
+    rows: np.ndarray  # the train rows of features.npy, in id order
     class_names: list[str]
 
     @functools.cached_property
     def row_of(self) -> dict[str, int]:
         return {item: row for row, item in enumerate(self.ids)}
+
+    @property
+    def source(self) -> FeatureRows:
+        """The train features as the selection reads them: from features.npy, shard by shard, where
+        the Compute runs its tasks."""
+        from bilaf.selection.shards import FeatureRows
+
+        return FeatureRows.of_file(self.features_file, self.rows)
+
+    @functools.cached_property
+    def features(self) -> np.ndarray:
+        """The train features in this process (for the steps that run here)."""
+        return self.source.materialize()
 
     @classmethod
     def load(cls, paths: ProjectPaths) -> TrainPool:
@@ -677,7 +751,8 @@ class TrainPool:
             ids=ids,
             paths=[path_of[item] for item in ids],
             class_names=pool_classes(manifest),
-            features=np.ascontiguousarray(np.asarray(embeddings.features)[train], dtype=np.float32),
+            features_file=paths.output("embeddings") / "features.npy",
+            rows=train,
         )
 
     def ids_at(self, positions: Any) -> list[str]:

@@ -23,7 +23,8 @@ class PoolDataset(torch.utils.data.Dataset):
     Paths in the manifest are relative to ``data_dir`` or absolute (referenced files outside
     the project); both resolve as ``data_dir / path``.
 
-    ``split`` restricts to one split, ``ids`` to given item ids (in that order). With
+    ``split`` restricts to one split, ``ids`` to given item ids (in that order); ``manifest`` (rows
+    of the manifest: id, path, label) saves reading the whole manifest for a few items. With
     ``verify_ids=True`` every image is re-hashed and must match its id, which guarantees that
     anything cached under that id was computed from these very pixels.
     """
@@ -36,9 +37,10 @@ class PoolDataset(torch.utils.data.Dataset):
         ids: Sequence[str] | None = None,
         transform=None,
         verify_ids: bool = False,
+        manifest=None,
     ):
         self.data_dir = Path(data_dir)
-        frame = read_manifest(self.data_dir)
+        frame = read_manifest(self.data_dir) if manifest is None else manifest
         if split is not None:
             if split not in SPLITS:
                 raise InvalidInputError(f"split must be one of {SPLITS}, got {split!r}")

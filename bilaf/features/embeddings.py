@@ -1,10 +1,18 @@
 """Sharded, incremental, resumable embedding of a prepared pool.
 
 Work is cached per *embedding configuration* (backbone name, weights hash, input size,
-normalisation, interpolation): ``<cache_dir>/<config hash>/shard-<hash>.npz`` files, each holding
-``ids`` and float32 ``features`` of up to ``shard_size`` items, written atomically (temp file +
-``os.replace``). Items already in a shard are never recomputed, so a killed run loses at most the
-shard in progress, and a grown pool only embeds its new items.
+normalisation, interpolation): ``<cache>/<config hash>/shard-<hash of its ids>.npz`` files, each
+holding ``ids`` and float32 ``features`` of up to ``shard_size`` items (and where they were
+computed), written whole or not at all (temp file + ``os.replace``; one PUT on an object store).
+Items already in a shard are never recomputed, so a killed run loses at most the shards in
+progress, and a grown pool only embeds its new items. The cache is a folder, or an fsspec URL
+(``s3://bucket/prefix``) that every worker of a Dask cluster can reach.
+
+The missing items are cut into shards in manifest order; each shard is one task of the
+``Compute`` (``bilaf.compute``): in this process, one after the other, or on the workers of a Dask
+cluster, each loading the backbone once per process. An item's features do not depend on which
+process, device thread count or batch computed them (every batch has the same shape), so the
+output is the same wherever the shards ran.
 
 The final output directory holds::
 
@@ -27,7 +35,7 @@ import os
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +44,7 @@ import torch
 
 from bilaf import defaults
 from bilaf.artifacts import atomic_file, remove_leftovers, write_atomic
+from bilaf.compute import Compute, LocalCompute, Task, TaskReport
 from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features._memory import retain_freed_memory
 from bilaf.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
@@ -73,6 +82,7 @@ class EmbeddingInfo:
     reused: int
     config_hash: str
     meta: dict
+    shards: list = field(default_factory=list)  # ShardReport of every shard computed by this call
 
 
 @dataclass
@@ -122,46 +132,98 @@ def _sha256_json(content: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-class _ShardCache:
-    """Completed shards of one configuration: ``shard-<hash of ids>.npz`` with ids + features."""
+class ShardCache:
+    """Completed shards of one configuration: ``shard-<hash of ids>.npz`` with ids + features, in a
+    folder or under an fsspec URL (an object store every worker reaches)."""
 
-    def __init__(self, directory: Path, config: dict):
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        config_file = directory / "config.json"
-        if not config_file.exists():
-            write_atomic(config_file, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    def __init__(self, location: str | Path, config: dict | None = None):
+        self.location = str(location)
+        self.remote = "://" in self.location
+        if self.remote:
+            import fsspec
 
-    def shards(self) -> list[Path]:
-        return sorted(self.directory.glob("shard-*.npz"))
+            self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        else:
+            self.fs, self.root = None, self.location
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        if config is not None and not self._exists("config.json"):
+            self._put("config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+    @property
+    def directory(self) -> Path | str:
+        return self.location if self.remote else Path(self.root)
+
+    def _path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def _exists(self, name: str) -> bool:
+        return self.fs.exists(self._path(name)) if self.remote else Path(self._path(name)).exists()
+
+    def _put(self, name: str, data: bytes) -> None:
+        if self.remote:  # an object store writes an object whole or not at all
+            self.fs.pipe_file(self._path(name), data)
+        else:
+            write_atomic(Path(self._path(name)), data)
+
+    def _get(self, name: str) -> bytes:
+        return self.fs.cat_file(self._path(name)) if self.remote else Path(self._path(name)).read_bytes()
+
+    def shards(self) -> list[str]:
+        """Shard file names, sorted."""
+        if self.remote:
+            found = self.fs.glob(self._path("shard-*.npz"))
+            return sorted(name.rsplit("/", 1)[-1] for name in found)
+        return sorted(path.name for path in Path(self.root).glob("shard-*.npz"))
+
+    def read(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(io.BytesIO(self._get(name))) as content:
+            return content["ids"], content["features"]
+
+    def provenance(self, name: str) -> dict:
+        """Where and when the shard was computed (empty for shards from before it was recorded)."""
+        with np.load(io.BytesIO(self._get(name))) as content:
+            return json.loads(str(content["provenance"])) if "provenance" in content.files else {}
 
     def cached_ids(self) -> set[str]:
         """Ids of every readable shard. A shard that cannot be read whole (truncated, garbled: zip
         CRC) is set aside as ``*.corrupt`` with a warning, and its items are embedded again."""
         cached: set[str] = set()
-        for shard in self.shards():
+        for name in self.shards():
             try:
-                with np.load(shard) as content:
-                    ids, features = content["ids"], content["features"]
+                ids, features = self.read(name)
                 if features.shape[0] != len(ids):
                     raise InvalidInputError(f"{len(ids)} ids but {features.shape[0]} feature rows")
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-                quarantined = shard.with_suffix(".corrupt")
-                os.replace(shard, quarantined)
+                quarantined = name.removesuffix(".npz") + ".corrupt"
+                if self.remote:
+                    self.fs.mv(self._path(name), self._path(quarantined))
+                else:
+                    os.replace(self._path(name), self._path(quarantined))
                 warnings.warn(
-                    f"embedding cache shard {shard} is unreadable ({type(error).__name__}: {error}); "
-                    f"moved to {quarantined.name}, its items are embedded again",
+                    f"embedding cache shard {self._path(name)} is unreadable ({type(error).__name__}: {error}); "
+                    f"moved to {quarantined}, its items are embedded again",
                     stacklevel=2,
                 )
                 continue
             cached.update(ids.tolist())
         return cached
 
-    def write(self, ids: list[str], features: np.ndarray) -> None:
-        name = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    def write(self, ids: list[str], features: np.ndarray, provenance: dict | None = None) -> str:
+        name = shard_name(ids)
         buffer = io.BytesIO()
-        np.savez(buffer, ids=np.asarray(ids), features=features.astype(np.float32, copy=False))
-        write_atomic(self.directory / f"shard-{name}.npz", buffer.getvalue())
+        np.savez(
+            buffer,
+            ids=np.asarray(ids),
+            features=features.astype(np.float32, copy=False),
+            provenance=np.asarray(json.dumps(provenance or {}, sort_keys=True)),
+        )
+        self._put(name, buffer.getvalue())
+        return name
+
+
+def shard_name(ids: list[str]) -> str:
+    """A shard's file name: the hash of its ids (the same items, the same shard)."""
+    return f"shard-{hashlib.sha256(chr(10).join(ids).encode()).hexdigest()[:16]}.npz"
 
 
 def _default_num_workers(device: torch.device) -> int:
@@ -177,19 +239,25 @@ def _stack_images(batch: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     return torch.from_numpy(np.stack([image.numpy() for image, _ in batch]))
 
 
-def _compute_missing(
+def _embed_chunks(
     backbone: Backbone,
     data_dir: Path,
-    ids: list[str],
-    cache: _ShardCache,
+    manifest: pd.DataFrame,
+    chunks: list[list[str]],
+    cache: ShardCache,
     image_size: int,
     batch_size: int,
-    shard_size: int,
     num_workers: int,
+    provenance: dict,
 ) -> None:
-    """Embed ``ids`` and store them in the cache, one shard per ``shard_size`` items."""
+    """Embed the items of ``chunks`` and store each chunk as one cache shard, as soon as it is done."""
+    ids = [item for chunk in chunks for item in chunk]
     dataset = PoolDataset(
-        data_dir, ids=ids, verify_ids=True, transform=build_transform(image_size, backbone.mean, backbone.std)
+        data_dir,
+        ids=ids,
+        verify_ids=True,
+        transform=build_transform(image_size, backbone.mean, backbone.std),
+        manifest=manifest,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -201,7 +269,8 @@ def _compute_missing(
     )
     pending: list[np.ndarray] = []
     pending_count = 0
-    position = 0
+    done_items = 0
+    next_chunk = 0
     retain_freed_memory()
     steps = Progress(loader, f"embed {len(ids)} images with {backbone.name}, {batch_size} per step")
     started = time.perf_counter()
@@ -213,17 +282,84 @@ def _compute_missing(
             features = backbone.model(images.to(backbone.device, non_blocking=True))[:count]
             pending.append(features.float().cpu().numpy())
             pending_count += count
-            steps.note(images_per_s=round((position + pending_count) / (time.perf_counter() - started), 1))
-            while pending_count >= shard_size or (pending_count and position + pending_count == len(ids)):
+            steps.note(images_per_s=round((done_items + pending_count) / (time.perf_counter() - started), 1))
+            while next_chunk < len(chunks) and pending_count >= len(chunks[next_chunk]):
                 block = np.concatenate(pending)
-                take = min(shard_size, len(block))
-                cache.write(ids[position : position + take], block[:take])
-                position += take
+                take = len(chunks[next_chunk])
+                cache.write(chunks[next_chunk], block[:take], provenance)
+                done_items += take
+                next_chunk += 1
                 pending = [block[take:]] if take < len(block) else []
                 pending_count = len(block) - take
 
 
-def _write_features(path: Path, ids: list[str], cache: _ShardCache, feature_dim: int) -> None:
+@dataclass(frozen=True)
+class ShardJob:
+    """One embedding shard to compute where a task runs: its items and what their features depend on."""
+
+    data_dir: str
+    manifest: pd.DataFrame  # the shard's rows of the manifest (id, path, label)
+    cache: str
+    backbone: str
+    weights: str
+    weights_sha256: str
+    image_size: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What an embedding task did, and where: for the run log and the stage's metadata."""
+
+    shard: str
+    items: int
+    seconds: float
+    host: str
+    pid: int
+    worker: str | None
+    device: str
+
+
+_PROCESS_BACKBONES: dict[tuple[str, str], Backbone] = {}
+
+
+def _process_backbone(name: str, weights: str) -> Backbone:
+    """The backbone of this process, loaded on first use (once per Dask worker process)."""
+    key = (name, str(weights))
+    if key not in _PROCESS_BACKBONES:
+        _PROCESS_BACKBONES[key] = load_backbone(name, weights)
+    return _PROCESS_BACKBONES[key]
+
+
+def embed_shard(job: ShardJob) -> ShardReport:
+    """The task of one shard: embed its items (re-hashing their pixels) and write the shard."""
+    started = time.perf_counter()
+    model = _process_backbone(job.backbone, job.weights)
+    if model.weights_sha256 != job.weights_sha256:
+        raise InvalidInputError(
+            f"the weights of {job.backbone} here (sha256 {model.weights_sha256[:12]}) differ from the "
+            f"driver's ({job.weights_sha256[:12]}): give every worker the same weights"
+        )
+    where = TaskReport.here()
+    ids = job.manifest["id"].tolist()
+    provenance = {"host": where.host, "pid": where.pid, "worker": where.worker, "device": str(model.device)}
+    workers = _default_num_workers(model.device)
+    cache = ShardCache(job.cache)
+    _embed_chunks(
+        model, Path(job.data_dir), job.manifest, [ids], cache, job.image_size, job.batch_size, workers, provenance
+    )
+    return ShardReport(
+        shard=shard_name(ids),
+        items=len(ids),
+        seconds=round(time.perf_counter() - started, 3),
+        host=where.host,
+        pid=where.pid,
+        worker=where.worker,
+        device=str(model.device),
+    )
+
+
+def _write_features(path: Path, ids: list[str], cache: ShardCache, feature_dim: int) -> None:
     """Assemble ``features.npy`` in manifest order from the shards, one shard in memory at a time."""
     row_of = {item_id: row for row, item_id in enumerate(ids)}
     written = np.zeros(len(ids), dtype=bool)
@@ -237,12 +373,11 @@ def _write_features(path: Path, ids: list[str], cache: _ShardCache, feature_dim:
             stream.truncate(header_length + len(ids) * row_bytes)
             descriptor = stream.fileno()
             for shard in cache.shards():
-                with np.load(shard) as content:
-                    shard_ids = content["ids"].tolist()
-                    wanted = [(row_of[i], k) for k, i in enumerate(shard_ids) if i in row_of]
-                    if not wanted:
-                        continue
-                    features = content["features"]
+                shard_ids, features = cache.read(shard)
+                shard_ids = shard_ids.tolist()
+                wanted = [(row_of[i], k) for k, i in enumerate(shard_ids) if i in row_of]
+                if not wanted:
+                    continue
                 if features.shape != (len(shard_ids), feature_dim):
                     raise InvalidInputError(
                         f"cache shard {shard} has features of shape {features.shape}, "
@@ -290,14 +425,17 @@ def embed_pool(
     image_size: int = DEFAULT_IMAGE_SIZE,
     batch_size: int = 64,
     shard_size: int = 1024,
-    cache_dir: Path | None = None,
+    cache_dir: Path | str | None = None,
     num_workers: int | None = None,
     device: str | torch.device | None = None,
+    compute: Compute | None = None,
 ) -> EmbeddingInfo:
     """Embed every item of the pool in ``data_dir`` into ``out_dir`` (see the module docstring).
 
-    ``cache_dir`` defaults to ``<out_dir's parent>/embedding_cache``; ``num_workers`` None picks
-    in-process decoding on CPU and worker processes with a GPU.
+    ``cache_dir`` (a folder or an fsspec URL) defaults to ``<out_dir's parent>/embedding_cache``;
+    ``num_workers`` None picks in-process decoding on CPU and worker processes with a GPU;
+    ``compute`` runs the shards (default: this process). On a Dask cluster every worker must reach
+    ``data_dir``, the images it references and the cache.
     """
     for what, value in (("image_size", image_size), ("batch_size", batch_size), ("shard_size", shard_size)):
         if not isinstance(value, int) or value < 1:
@@ -320,16 +458,25 @@ def embed_pool(
         "num_items": len(ids),
         "splits": {str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},
     }
-    cache_root = Path(cache_dir) if cache_dir is not None else out_dir.parent / "embedding_cache"
-    cache = _ShardCache(cache_root / config_hash[:16], config)
+    cache_root = str(cache_dir) if cache_dir is not None else str(out_dir.parent / "embedding_cache")
+    cache = ShardCache(f"{cache_root.rstrip('/')}/{config_hash[:16]}", config)
     remove_leftovers(out_dir)  # what a killed run half-wrote; the finished files are all still there
-    remove_leftovers(cache.directory)
+    if not cache.remote:
+        remove_leftovers(Path(cache.root))
 
     cached = cache.cached_ids()
     missing = [item_id for item_id in ids if item_id not in cached]
+    reports: list[ShardReport] = []
     if missing:
-        workers = _default_num_workers(model.device) if num_workers is None else num_workers
-        _compute_missing(model, data_dir, missing, cache, image_size, batch_size, shard_size, workers)
+        chunks = [missing[start : start + shard_size] for start in range(0, len(missing), shard_size)]
+        compute = compute or LocalCompute()
+        if compute.shares_memory:
+            workers = _default_num_workers(model.device) if num_workers is None else num_workers
+            reports = _embed_here(model, data_dir, frame, chunks, cache, image_size, batch_size, workers)
+        else:
+            reports = _embed_on_cluster(
+                compute, model, str(weights), data_dir, frame, chunks, cache, image_size, batch_size
+            )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_bytes = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
@@ -347,7 +494,91 @@ def embed_pool(
         reused=len(ids) - len(missing),
         config_hash=config_hash,
         meta=meta,
+        shards=reports,
     )
+
+
+def _embed_here(
+    model: Backbone,
+    data_dir: Path,
+    frame: pd.DataFrame,
+    chunks: list[list[str]],
+    cache: ShardCache,
+    image_size: int,
+    batch_size: int,
+    num_workers: int,
+) -> list[ShardReport]:
+    """Every shard in this process, streamed through one loader (the in-process Compute)."""
+    started = time.perf_counter()
+    where = TaskReport.here()
+    provenance = {"host": where.host, "pid": where.pid, "worker": None, "device": str(model.device)}
+    _embed_chunks(model, data_dir, frame, chunks, cache, image_size, batch_size, num_workers, provenance)
+    seconds = round(time.perf_counter() - started, 3)
+    return [
+        ShardReport(shard_name(chunk), len(chunk), seconds, where.host, where.pid, None, str(model.device))
+        for chunk in chunks
+    ]
+
+
+def _embed_on_cluster(
+    compute: Compute,
+    model: Backbone,
+    weights: str,
+    data_dir: Path,
+    frame: pd.DataFrame,
+    chunks: list[list[str]],
+    cache: ShardCache,
+    image_size: int,
+    batch_size: int,
+) -> list[ShardReport]:
+    """One task per shard on the cluster's workers; the driver only collects their reports."""
+    rows = frame.set_index("id", drop=False)[["id", "path", "label"]]
+    per_item = 4 * 3 * image_size * image_size + 4 * model.feature_dim
+    tasks = [
+        Task(
+            name=f"embed-{shard_name(chunk).removesuffix('.npz')}",
+            function=embed_shard,
+            args=(
+                ShardJob(
+                    data_dir=str(data_dir.resolve()),
+                    manifest=rows.loc[chunk].reset_index(drop=True),
+                    cache=cache.location if cache.remote else str(Path(cache.root).resolve()),
+                    backbone=model.name,
+                    weights=weights,
+                    weights_sha256=model.weights_sha256,
+                    image_size=image_size,
+                    batch_size=batch_size,
+                ),
+            ),
+            memory_bytes=per_item * batch_size + (1 << 28),
+        )
+        for chunk in chunks
+    ]
+    reports: list[ShardReport] = []
+    started = time.perf_counter()
+    done = 0
+    steps = Progress(
+        _Counted(compute.as_completed(tasks), len(tasks)),
+        f"embed {sum(map(len, chunks))} images in {len(chunks)} shards with {model.name} on the cluster",
+    )
+    for _, report in steps:
+        reports.append(report)
+        done += report.items
+        steps.note(images_per_s=round(done / (time.perf_counter() - started), 1))
+    return sorted(reports, key=lambda report: report.shard)
+
+
+class _Counted:
+    """An iterator with a known length (for ``Progress``)."""
+
+    def __init__(self, iterator, count: int):
+        self._iterator, self._count = iterator, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        return iter(self._iterator)
 
 
 def load_embeddings(out_dir: Path) -> Embeddings:

@@ -11,6 +11,8 @@ import torch
 
 from bilaf.errors import InvalidInputError
 
+from .shards import FeatureRows, shard_bounds
+
 _CHECK_ROWS = 1 << 14  # rows per chunk, so checks never copy the whole pool at once
 _HASH_SEED = 20240315
 
@@ -26,7 +28,15 @@ def validate_inputs(
     indices that are out of range or repeated.
     """
     matrix = _as_matrix(features)
-    n_items = matrix.shape[0]
+    _check_counts(matrix.shape[0], budget=budget, n_cores=n_cores, cores=cores)
+    checks = _row_checks(matrix, 0, normalize)
+    _report(checks)
+    _check_distinct_hashes(checks.hashes, lambda row: matrix[row])
+    return matrix
+
+
+def _check_counts(n_items: int, *, budget: Any, n_cores: Any, cores: Any) -> None:
+    """The budget, the number of cores and the core indices against the pool's size."""
     if budget is not None:
         budget = _positive_int("budget", budget)
         if budget > n_items:
@@ -41,11 +51,6 @@ def validate_inputs(
         raise InvalidInputError(
             f"budget {budget} is smaller than the number of cores ({n_cores}): every core is part of the selection"
         )
-    _check_finite(matrix)
-    if normalize:
-        _check_nonzero_rows(matrix)
-    _check_distinct_rows(matrix)
-    return matrix
 
 
 def validate_core_indices(cores: Any, n_items: int) -> np.ndarray:
@@ -93,27 +98,43 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _check_finite(matrix: np.ndarray) -> None:
+@dataclass(frozen=True)
+class RowChecks:
+    """What the row checks found in a block of rows: the rows with NaN/inf values, the first
+    all-zero row (when normalising), and an exact hash of every row (to find identical rows)."""
+
+    not_finite: np.ndarray
+    first_zero: int | None
+    hashes: np.ndarray
+
+
+def _row_checks(matrix: np.ndarray, offset: int, normalize: bool) -> RowChecks:
     bad_rows: list[np.ndarray] = []
+    first_zero = None
     for start in range(0, len(matrix), _CHECK_ROWS):
-        finite = np.isfinite(matrix[start : start + _CHECK_ROWS]).all(axis=1)
-        bad_rows.append(start + np.flatnonzero(~finite))
-    bad = np.concatenate(bad_rows)
+        block = matrix[start : start + _CHECK_ROWS]
+        finite = np.isfinite(block).all(axis=1)
+        bad_rows.append(offset + start + np.flatnonzero(~finite))
+        if normalize and first_zero is None:
+            zero = np.flatnonzero(~block.any(axis=1))
+            if zero.size:
+                first_zero = offset + start + int(zero[0])
+    return RowChecks(np.concatenate(bad_rows), first_zero, _row_hashes(matrix))
+
+
+def _report(checks: RowChecks) -> None:
+    """The first problem found, as the error that names it."""
+    bad = checks.not_finite
     if bad.size:
         raise InvalidInputError(
             f"features row {bad[0]} contains NaN or infinite values ({bad.size} such rows in total)"
         )
+    if checks.first_zero is not None:
+        raise InvalidInputError(f"features row {checks.first_zero} is all zeros and cannot be L2-normalised")
 
 
-def _check_nonzero_rows(matrix: np.ndarray) -> None:
-    for start in range(0, len(matrix), _CHECK_ROWS):
-        zero = np.flatnonzero(~matrix[start : start + _CHECK_ROWS].any(axis=1))
-        if zero.size:
-            raise InvalidInputError(f"features row {start + zero[0]} is all zeros and cannot be L2-normalised")
-
-
-def _check_distinct_rows(matrix: np.ndarray) -> None:
-    """Hash rows exactly (integer arithmetic on their bits), then confirm hash collisions."""
+def _row_hashes(matrix: np.ndarray) -> np.ndarray:
+    """An exact hash of every row (integer arithmetic on its bits; -0.0 and 0.0 hash alike)."""
     words = np.uint64 if matrix.dtype == np.float64 else np.uint32
     weights = np.random.default_rng(_HASH_SEED).integers(
         1, np.iinfo(np.int64).max, size=matrix.shape[1], dtype=np.uint64
@@ -124,13 +145,18 @@ def _check_distinct_rows(matrix: np.ndarray) -> None:
         hashes[start : start + len(block)] = (block.view(words).astype(np.uint64) * weights).sum(
             axis=1, dtype=np.uint64
         )
+    return hashes
+
+
+def _check_distinct_hashes(hashes: np.ndarray, row: Any) -> None:
+    """Rows with equal hashes are compared (``row(i)`` reads row i); identical ones are an error."""
     order = np.argsort(hashes, kind="stable")
     sorted_hashes = hashes[order]
     same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
     duplicates: list[tuple[int, int]] = []
     for position in same:
         first, second = order[position], order[position + 1]
-        if np.array_equal(matrix[first], matrix[second]):
+        if np.array_equal(row(first), row(second)):
             duplicates.append((int(min(first, second)), int(max(first, second))))
     if duplicates:
         first, second = min(duplicates)
@@ -139,6 +165,45 @@ def _check_distinct_rows(matrix: np.ndarray) -> None:
             f"({len(duplicates)} duplicate rows in total); remove duplicate items "
             "before selection"
         )
+
+
+def validate_source(
+    features: Any,
+    compute: Any = None,
+    *,
+    budget: Any = None,
+    n_cores: Any = None,
+    cores: Any = None,
+    normalize: bool = False,
+) -> FeatureRows:
+    """``validate_inputs`` for an array or a ``FeatureRows`` (checked shard by shard where the
+    ``compute`` runs tasks, never all rows in one process); returns the rows to select from."""
+    if not isinstance(features, FeatureRows):
+        matrix = validate_inputs(features, budget=budget, n_cores=n_cores, cores=cores, normalize=normalize)
+        return FeatureRows.of_array(matrix)
+    _check_counts(len(features), budget=budget, n_cores=n_cores, cores=cores)
+    from bilaf.compute import LocalCompute, Task
+
+    compute = compute or LocalCompute()
+    bounds = shard_bounds(len(features), 4 * features.n_columns)
+    tasks = [
+        Task(f"check-rows-{index}", _check_shard, (features.shard(start, stop), start, normalize), 0, index)
+        for index, (start, stop) in enumerate(bounds)
+    ]
+    parts = compute.map(tasks)
+    _report(
+        RowChecks(
+            np.concatenate([part.not_finite for part in parts]),
+            next((part.first_zero for part in parts if part.first_zero is not None), None),
+            np.empty(0, np.uint64),
+        )
+    )
+    _check_distinct_hashes(np.concatenate([part.hashes for part in parts]), lambda row: features.take([row])[0])
+    return features
+
+
+def _check_shard(rows: FeatureRows, offset: int, normalize: bool) -> RowChecks:
+    return _row_checks(rows.read(), offset, normalize)
 
 
 @dataclass(frozen=True, eq=False)

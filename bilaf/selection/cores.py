@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from bilaf.compute import Compute
 from bilaf.errors import InvalidInputError
 from bilaf.progress import Progress
 
 from ._geometry import claim_items, device, l2_normalize, nearest_centres, scatter_rows, top_matches
-from ._validation import KnownItems, validate_inputs, validate_known
+from ._validation import KnownItems, validate_known, validate_source
 from .activeft import ActiveFTParams, activeft
 from .results import CoreSelection
+from .shards import FeatureRows
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,13 @@ def select_cores(
     normalize: bool = True,
     labels: Any = None,
     pending: Any = None,
+    compute: Compute | None = None,
     **options: Any,
 ) -> CoreSelection:
     """Pick ``n_cores`` distinct items as pseudo-class centres; indices come back ascending.
 
+    ``features``: an array, or a ``FeatureRows`` (rows of a ``.npy`` file) that ``compute`` reads
+    shard by shard where its tasks run (ActiveFT runs there; the other methods in this process).
     ``normalize`` (k-means, k-center) measures on unit vectors; ActiveFT always does (cosine).
     ``labels`` (-1 = unlabeled) and ``pending`` (item indices) are what earlier rounds left: those
     items are never picked and serve as fixed anchors (see ``core_pick_order``).
@@ -65,9 +70,9 @@ def select_cores(
     """
     params = method_params(method, options)
     check_seed(seed)
-    matrix = validate_inputs(features, n_cores=n_cores, normalize=uses_unit_vectors(method, normalize))
-    known = validate_known(labels, pending, len(matrix), budget=n_cores)
-    order, info = core_pick_order(matrix, int(n_cores), method, seed, normalize, params, known)
+    source = validate_source(features, compute, n_cores=n_cores, normalize=uses_unit_vectors(method, normalize))
+    known = validate_known(labels, pending, len(source), budget=n_cores)
+    order, info = core_pick_order(source, int(n_cores), method, seed, normalize, params, known, compute)
     return CoreSelection(indices=np.sort(order), method=method, seed=seed, params=info)
 
 
@@ -94,13 +99,14 @@ def check_seed(seed: Any) -> None:
 
 
 def core_pick_order(
-    matrix: np.ndarray,
+    source: FeatureRows,
     n_cores: int,
     method: str,
     seed: int,
     normalize: bool,
     params: Any,
     known: KnownItems | None = None,
+    compute: Compute | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Validated inputs in, (items in pick order, JSON-safe parameters and diagnostics) out.
 
@@ -109,20 +115,15 @@ def core_pick_order(
     random draws from the rest; none of them is ever picked.
     """
     taken = None if known is None or not known.taken.any() else known.taken
-    order, info = CORE_METHODS[method][0](matrix, n_cores, seed, normalize, params, taken)
+    if method == "activeft":
+        order, info = activeft(source, n_cores, seed, params, taken, compute)
+        return order, {**asdict(params), **info, "normalize": True}  # always cosine geometry
+    order, info = CORE_METHODS[method][0](source.materialize(), n_cores, seed, normalize, params, taken)
     return order, {**asdict(params), **info}
 
 
 def _points(matrix: np.ndarray, normalize: bool) -> np.ndarray:
     return l2_normalize(matrix) if normalize else np.ascontiguousarray(matrix, dtype=np.float32)
-
-
-def _activeft(
-    matrix: np.ndarray, n_cores: int, seed: int, normalize: bool, params: ActiveFTParams, taken: np.ndarray | None
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """ActiveFT always works on unit vectors (cosine geometry), whatever ``normalize`` says."""
-    order, info = activeft(l2_normalize(matrix), n_cores, seed, params, taken)
-    return order, {**info, "normalize": True}
 
 
 def _random(
@@ -237,7 +238,7 @@ def _d2_sample(closest: np.ndarray, rng: np.random.Generator) -> int:
 
 CoreMethod = Callable[[np.ndarray, int, int, bool, Any, np.ndarray | None], tuple[np.ndarray, dict[str, Any]]]
 CORE_METHODS: dict[str, tuple[CoreMethod, type]] = {
-    "activeft": (_activeft, ActiveFTParams),
+    "activeft": (activeft, ActiveFTParams),  # runs on the Compute, over shards (see core_pick_order)
     "kmeans": (_kmeans, KMeansParams),
     "kcenter": (_kcenter, NoParams),
     "random": (_random, NoParams),

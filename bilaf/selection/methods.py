@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from bilaf import defaults
+from bilaf.compute import Compute
 from bilaf.errors import InvalidInputError
 
-from ._validation import KnownItems, validate_inputs, validate_known
+from ._validation import KnownItems, validate_known, validate_source
 from .boundary import BILAF, check_boundary_args, select_boundary_validated
 from .classes import class_regions_validated, select_class_boundary_validated
 from .cores import CORE_METHODS, check_seed, core_pick_order, method_params, uses_unit_vectors
@@ -42,7 +43,7 @@ _SWITCH_OPTIONS = tuple(f.name for f in fields(Stage2Settings))
 
 def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
     """Decorator registering ``fn(features, budget, *, n_cores, core_method, seed, variant,
-    labels, pending, **options) -> SelectionResult`` under ``name``."""
+    labels, pending, compute, **options) -> SelectionResult`` under ``name``."""
 
     def add(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY:
@@ -68,9 +69,14 @@ def select(
     variant: str = "default",
     labels: Any = None,
     pending: Any = None,
+    compute: Compute | None = None,
     **options: Any,
 ) -> SelectionResult:
     """Run a whole selection method and return ``budget`` new picks with provenance.
+
+    ``features``: an array, or a ``FeatureRows`` (rows of a ``.npy`` file every worker can read);
+    ``compute`` says where the sharded work runs (default: this process; see ``bilaf.compute``).
+    The picks do not depend on it.
 
     ``labels``/``pending``: what earlier rounds left (see the module docstring); the budget is
     spent on the other items. BiLAF options: ``penalty``; IDC ``n_neighbors``, ``ring_fraction``,
@@ -89,6 +95,7 @@ def select(
         variant=variant,
         labels=labels,
         pending=pending,
+        compute=compute,
         **options,
     )
 
@@ -108,6 +115,7 @@ def _bilaf(
     variant: str,
     labels: Any,
     pending: Any,
+    compute: Compute | None,
     **options: Any,
 ) -> SelectionResult:
     core_method = core_method or "activeft"
@@ -120,8 +128,10 @@ def _bilaf(
     check_seed(seed)
     normalize = settings.normalize or uses_unit_vectors(core_method, settings.normalize)
     no_cores = isinstance(n_cores, numbers.Integral) and not isinstance(n_cores, bool) and n_cores == 0
-    matrix = validate_inputs(features, budget=budget, n_cores=None if no_cores else n_cores, normalize=normalize)
-    known = validate_known(labels, pending, len(matrix), budget)
+    source = validate_source(
+        features, compute, budget=budget, n_cores=None if no_cores else n_cores, normalize=normalize
+    )
+    known = validate_known(labels, pending, len(source), budget)
     label_aware = known is not None and len(known.classes) >= 2
     if known is not None and variant == "repo":
         raise InvalidInputError(
@@ -133,16 +143,23 @@ def _bilaf(
     check_boundary_args(2 if label_aware else int(n_cores), penalty)
     if label_aware:
         cores = (
-            np.sort(core_pick_order(matrix, int(n_cores), core_method, seed, settings.normalize, core_params, known)[0])
+            np.sort(
+                core_pick_order(
+                    source, int(n_cores), core_method, seed, settings.normalize, core_params, known, compute
+                )[0]
+            )
             if n_cores
             else np.empty(0, np.int64)
         )
+        matrix = source.materialize()
         regions = class_regions_validated(matrix, known, cores, idc)
         result = select_class_boundary_validated(matrix, regions, int(budget), float(penalty))
         result.params.update(core_method=core_method, seed=seed)
         return result
-    order, core_info = core_pick_order(matrix, int(n_cores), core_method, seed, settings.normalize, core_params, known)
-    result = _one_shot_bilaf(matrix, known, order, int(budget), penalty, settings, variant, idc)
+    order, core_info = core_pick_order(
+        source, int(n_cores), core_method, seed, settings.normalize, core_params, known, compute
+    )
+    result = _one_shot_bilaf(source.materialize(), known, order, int(budget), penalty, settings, variant, idc)
     result.params.update(core_method=core_method, seed=seed, core_params=core_info)
     return result
 
@@ -198,6 +215,7 @@ def _one_stage_method(name: str) -> MethodFn:
         variant: str,
         labels: Any,
         pending: Any,
+        compute: Compute | None,
         **options: Any,
     ) -> SelectionResult:
         if n_cores is not None or core_method is not None:
@@ -207,9 +225,11 @@ def _one_stage_method(name: str) -> MethodFn:
         settings = resolve_settings(variant)
         params = method_params(name, options)
         check_seed(seed)
-        matrix = validate_inputs(features, budget=budget, normalize=uses_unit_vectors(name, settings.normalize))
-        known = validate_known(labels, pending, len(matrix), budget)
-        order, info = core_pick_order(matrix, int(budget), name, seed, settings.normalize, params, known)
+        source = validate_source(
+            features, compute, budget=budget, normalize=uses_unit_vectors(name, settings.normalize)
+        )
+        known = validate_known(labels, pending, len(source), budget)
+        order, info = core_pick_order(source, int(budget), name, seed, settings.normalize, params, known, compute)
         picks = tuple(Pick(rank=rank, index=int(item), role=name) for rank, item in enumerate(order))
         if known is not None:
             info = {**info, "labeled": len(known.labeled), "pending": len(known.pending)}
@@ -241,6 +261,7 @@ def _margin(
     variant: str,
     labels: Any,
     pending: Any,
+    compute: Compute | None,
     **options: Any,
 ) -> SelectionResult:
     """Margin sampling: the ``budget`` free items whose top-2 probe probabilities are closest.
@@ -252,7 +273,7 @@ def _margin(
             f"margin sampling takes no n_cores, core_method or options; got {sorted(options) or 'n_cores/core_method'}"
         )
     check_seed(seed)
-    matrix = validate_inputs(features, budget=budget, normalize=True)
+    matrix = validate_source(features, compute, budget=budget, normalize=True).materialize()
     known = validate_known(labels, pending, len(matrix), budget)
     if known is None or len(known.classes) < 2:
         raise InvalidInputError("margin sampling needs labels of at least 2 classes (labels=...)")

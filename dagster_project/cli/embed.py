@@ -40,24 +40,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decoding worker processes (default: 0 on CPU, up to 8 with a GPU)",
     )
     embed.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    embed.add_argument(
+        "--scheduler",
+        default=None,
+        help="a Dask scheduler (tcp://host:port or a scheduler file) whose workers embed the shards "
+        "(default: $BILAF_DASK_SCHEDULER, else this process)",
+    )
     embed.set_defaults(handler=_embed)
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from bilaf.compute import open_compute
     from bilaf.features.embeddings import embed_pool
 
-    info = embed_pool(
-        args.data,
-        args.out,
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        cache_dir=args.cache_dir,
-        num_workers=args.num_workers,
-        device=args.device,
-    )
+    compute = open_compute(args.scheduler)
+    try:
+        info = embed_pool(
+            args.data,
+            args.out,
+            backbone=args.backbone,
+            weights=args.weights,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            cache_dir=args.cache_dir,
+            num_workers=args.num_workers,
+            device=args.device,
+            compute=compute,
+        )
+    finally:
+        compute.close()
     print(
         f"embeddings in {info.out_dir}: {info.num_items} x {info.feature_dim} "
         f"({info.computed} computed, {info.reused} from cache {info.cache_dir})"

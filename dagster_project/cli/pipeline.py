@@ -59,11 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _stage(args: argparse.Namespace) -> int:
     from bilaf.config import load_params
-    from bilaf.stages import ProjectPaths, check_budget, run_stage
+    from bilaf.stages import ProjectPaths, check_budget, check_compute, run_stage
 
     paths = ProjectPaths(args.project.resolve())
     params = load_params(paths.params)
     check_budget(paths, params)
+    check_compute(paths, params)
     with project_lock(paths.root, f"bilaf stage {args.name}"):
         outcome = run_stage(args.name, paths.root, params)
     print(f"{args.name}: " + ", ".join(f"{key}={value:g}" for key, value in outcome.metrics.items()))
@@ -176,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
     import dagster as dg
     from mlflow.exceptions import MlflowException
 
-    from bilaf.stages import check_budget
+    from bilaf.stages import check_budget, check_compute
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
     from dagster_project.defs.tracking import close_abandoned_runs, process_tags
@@ -187,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
     project = defs.resources["project"]
     params = project.params()  # invalid parameters stop here, before any compute
     check_budget(project.paths, params)
+    check_compute(project.paths, params)  # so does a Dask scheduler that cannot be reached
     with project_lock(root, "bilaf run"), dg.DagsterInstance.get() as instance:
         for stage in STAGES:
             remove_leftovers(project.paths.output(stage))

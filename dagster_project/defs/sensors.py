@@ -10,7 +10,7 @@ import logging
 import dagster as dg
 
 from bilaf.errors import BilafError
-from bilaf.stages import check_budget
+from bilaf.stages import check_budget, check_compute
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
 from dagster_project.defs.tracking import MlflowResource, close_abandoned_runs
@@ -31,6 +31,10 @@ def refresh_request(
         check_budget(project.paths, params)
     except BilafError as error:
         return dg.SkipReason(f"params.yaml is invalid, nothing launched: {error}")
+    try:
+        check_compute(project.paths, params)
+    except BilafError as error:
+        return dg.SkipReason(f"nothing launched: {error}")
     if mlflow is not None:
         for line in close_abandoned_runs(instance, mlflow):  # a killed `bilaf run` must not block every later one
             if log is not None:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from bilaf import defaults
-from bilaf.config import Params, load_params, params_from_mapping, validated_section
+from bilaf.config import OPTIONAL_SECTIONS, Params, load_params, params_from_mapping, validated_section
 from bilaf.errors import InvalidInputError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -25,9 +25,20 @@ def _with(**changes) -> dict:
 
 def test_repository_params_file_is_valid_and_complete():
     params = load_params(REPO / "params.yaml")
-    assert set(RAW) == set(Params.section_names())
-    for section in Params.section_names():  # every key written out, none left to a silent default
+    assert set(RAW) == {*Params.section_names(), *OPTIONAL_SECTIONS}
+    for section in RAW:  # every key written out, none left to a silent default
         assert set(RAW[section]) == set(params.section(section))
+
+
+def test_compute_says_where_not_what():
+    """The compute section may be left out (in process), is in no lineage, and is checked when given."""
+    assert "compute" not in Params.section_names()
+    without = params_from_mapping({name: values for name, values in RAW.items() if name != "compute"})
+    assert without.compute.scheduler == "local"
+    with pytest.raises(ValueError, match="params: compute.embedding_cache is missing"):
+        params_from_mapping({**RAW, "compute": {"scheduler": "tcp://127.0.0.1:1"}})
+    with pytest.raises(ValueError, match="params: compute.workers is not a known key"):
+        params_from_mapping({**RAW, "compute": {**RAW["compute"], "workers": 2}})
 
 
 def test_the_schema_defaults_are_the_one_home_of_every_default():
