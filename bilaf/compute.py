@@ -26,6 +26,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import as_completed as futures_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ class Compute:
         """
         raise NotImplementedError
 
-    def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Any]]:
+    def as_completed(self, tasks: Sequence[Task], *, single_threaded: bool = True) -> Iterator[tuple[int, Any]]:
         """Run every task, yielding (position, result) as each finishes (progress of long work)."""
         raise NotImplementedError
 
@@ -132,9 +133,15 @@ class LocalCompute(Compute):
         with torch_threads(1), ThreadPoolExecutor(max(1, self.threads)) as pool:
             return list(pool.map(lambda task: task.function(*task.args), tasks))
 
-    def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Any]]:
-        for position, task in enumerate(tasks):
-            yield position, task.function(*task.args)
+    def as_completed(self, tasks: Sequence[Task], *, single_threaded: bool = True) -> Iterator[tuple[int, Any]]:
+        if not single_threaded:
+            for position, task in enumerate(tasks):
+                yield position, task.function(*task.args)
+            return
+        with torch_threads(1), ThreadPoolExecutor(max(1, self.threads)) as pool:
+            running = {pool.submit(task.function, *task.args): position for position, task in enumerate(tasks)}
+            for future in futures_completed(running):
+                yield running[future], future.result()
 
     def describe(self) -> dict[str, Any]:
         return {"scheduler": LOCAL, "threads": self.threads}
@@ -217,10 +224,10 @@ class DaskCompute(Compute):
             for future in futures:
                 future.release()
 
-    def as_completed(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Any]]:
+    def as_completed(self, tasks: Sequence[Task], *, single_threaded: bool = True) -> Iterator[tuple[int, Any]]:
         from distributed import as_completed
 
-        futures = self._submit(tasks, single_threaded=False)
+        futures = self._submit(tasks, single_threaded)
         position = {future.key: index for index, future in enumerate(futures)}
         try:
             for future in as_completed(futures, loop=self.client.loop):

@@ -8,28 +8,32 @@ from typing import Any
 import numpy as np
 
 
-def pca_2d(features: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+def pca_2d(features: Any, chunk: int = 65_536) -> np.ndarray:
     """Project L2-normalised rows onto their top two principal axes (signs fixed: deterministic).
 
     Works from the d×d covariance accumulated in chunks, so memory stays O(d²) whatever N is.
     scikit-learn's ``PCA(n_components=2, svd_solver="covariance_eigh")`` gives the same points,
     signs included (tests/bilaf/test_plots.py), but only from all N normalised rows in memory
-    at once in float64: 10 GB for a million 1280-d features, which arrive here as a memmap.
+    at once in float64: 10 GB for a million 1280-d features, which arrive here as a memmap (or as
+    a ``FeatureRows``, read chunk by chunk).
     """
-    features = np.asarray(features)
-    n, dim = features.shape
+    if hasattr(features, "read"):
+        n, dim, rows = len(features), features.n_columns, features.read
+    else:
+        matrix = np.asarray(features)
+        (n, dim), rows = matrix.shape, lambda start, stop: matrix[start:stop]
     mean = np.zeros(dim)
     for start in range(0, n, chunk):
-        mean += _unit(features[start : start + chunk]).sum(axis=0)
+        mean += _unit(rows(start, start + chunk)).sum(axis=0)
     mean /= n
     covariance = np.zeros((dim, dim))
     for start in range(0, n, chunk):
-        block = _unit(features[start : start + chunk]) - mean
+        block = _unit(rows(start, start + chunk)) - mean
         covariance += block.T @ block
     _, vectors = np.linalg.eigh(covariance)
     axes = vectors[:, ::-1][:, :2]
     axes *= np.sign(axes[np.argmax(np.abs(axes), axis=0), [0, 1]])
-    return np.concatenate([(_unit(features[start : start + chunk]) - mean) @ axes for start in range(0, n, chunk)])
+    return np.concatenate([(_unit(rows(start, start + chunk)) - mean) @ axes for start in range(0, n, chunk)])
 
 
 def _unit(block: np.ndarray) -> np.ndarray:
@@ -37,9 +41,7 @@ def _unit(block: np.ndarray) -> np.ndarray:
     return block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
-def plot_selection_projection(
-    features: np.ndarray, cores: Any, kept: np.ndarray | None, selection: Any, out: Path
-) -> Path:
+def plot_selection_projection(features: Any, cores: Any, kept: np.ndarray | None, selection: Any, out: Path) -> Path:
     """Write a PNG of the pool (PCA of normalised features) marking removed items (where the round
     denoised: ``kept`` False), cores and the other picks."""
     import matplotlib

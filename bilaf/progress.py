@@ -68,3 +68,16 @@ class Progress(Generic[Item]):
         self._values.update(values)
         if self._bar is not None:
             self._bar.set_postfix(self._values, refresh=False)
+
+
+class Counted(Generic[Item]):
+    """An iterator with a known length, for ``Progress`` over results as they complete."""
+
+    def __init__(self, iterator: Iterator[Item], count: int) -> None:
+        self._iterator, self._count = iterator, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self._iterator)

@@ -363,9 +363,14 @@ def _run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
     }
     cores = _core_rows(paths, pool)
     payload: dict[str, Any] = {"round": known.round, "strategy": strategy}
+    where: dict[str, Any] = {}
     if strategy == ONE_SHOT:
         free = known.free_rows(pool)
-        denoised = denoise(pool.features[free], _positions(free, cores), variant=section.variant, **idc)
+        with stage_compute(params, paths.root) as compute:
+            denoised = denoise(
+                pool.source.subset(free), _positions(free, cores), variant=section.variant, compute=compute, **idc
+            )
+            where = _compute_metadata(compute)
         payload.update(denoised=denoised.to_dict(), ids=pool.ids_at(free))
         kept = int(np.count_nonzero(denoised.kept))
     elif strategy == "bilaf":
@@ -380,7 +385,7 @@ def _run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
         artifacts.write_json(out, payload)
     return StageOutcome(
         metrics={"pool_size": len(pool.ids), "kept": kept, "removed": len(pool.ids) - kept},
-        metadata={"round": known.round, "strategy": strategy},
+        metadata={"round": known.round, "strategy": strategy, **where},
     )
 
 
@@ -400,6 +405,7 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
     denoised = artifacts.read_json(paths.output("denoised_pool"))
     budget, penalty = params.boundary.budget, params.boundary.penalty
     kept = None
+    where: dict[str, Any] = {}
     if strategy == ONE_SHOT:
         free = known.free_rows(pool)
         core_rows = _core_rows(paths, pool)
@@ -408,7 +414,11 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
             indices=_positions(free, core_rows),
         )
         stage_two = DenoisedPool.from_dict(denoised["denoised"])
-        local = select_boundary(pool.features[free], cores, stage_two, budget, penalty=penalty)
+        with stage_compute(params, paths.root) as compute:
+            local = select_boundary(
+                pool.source.subset(free), cores, stage_two, budget, penalty=penalty, compute=compute
+            )
+            where = _compute_metadata(compute)
         result = local.on_rows(free)
         kept = np.zeros(len(pool.ids), dtype=bool)
         kept[free[stage_two.kept]] = True
@@ -422,6 +432,7 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
             result = select(
                 pool.source, budget, strategy, labels=labels, pending=pending, seed=params.core.seed, compute=compute
             )
+            where = _compute_metadata(compute)
     records = selection_records(result, pool, known.round)
     with artifacts.atomic_output(paths.output("boundary_set")) as out:
         out.mkdir()
@@ -436,7 +447,7 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
             },
         )
         artifacts.write_json(out / rounds.ROUND_MARKER, {"round": known.round})
-        plot_selection_projection(pool.features, result.core_indices, kept, result, out / "projection.png")
+        plot_selection_projection(pool.source, result.core_indices, kept, result, out / "projection.png")
     final = paths.output("boundary_set")
     roles = [record["role"] for record in records]
     return StageOutcome(
@@ -447,7 +458,7 @@ def _run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
             "unique": len({record["id"] for record in records}),
             "round": known.round,
         },
-        metadata={"round": known.round, "strategy": strategy},
+        metadata={"round": known.round, "strategy": strategy, **where},
         plots=[final / "projection.png"],
     )
 

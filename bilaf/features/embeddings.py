@@ -51,7 +51,7 @@ from bilaf.features.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from bilaf.features.datasets import PoolDataset
 from bilaf.features.pool import MANIFEST_NAME, read_manifest
 from bilaf.features.transforms import build_transform
-from bilaf.progress import Progress
+from bilaf.progress import Counted, Progress
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -558,7 +558,7 @@ def _embed_on_cluster(
     started = time.perf_counter()
     done = 0
     steps = Progress(
-        _Counted(compute.as_completed(tasks), len(tasks)),
+        Counted(compute.as_completed(tasks, single_threaded=False), len(tasks)),
         f"embed {sum(map(len, chunks))} images in {len(chunks)} shards with {model.name} on the cluster",
     )
     for _, report in steps:
@@ -566,19 +566,6 @@ def _embed_on_cluster(
         done += report.items
         steps.note(images_per_s=round(done / (time.perf_counter() - started), 1))
     return sorted(reports, key=lambda report: report.shard)
-
-
-class _Counted:
-    """An iterator with a known length (for ``Progress``)."""
-
-    def __init__(self, iterator, count: int):
-        self._iterator, self._count = iterator, count
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self):
-        return iter(self._iterator)
 
 
 def load_embeddings(out_dir: Path) -> Embeddings:

@@ -9,12 +9,15 @@ from typing import Any
 import numpy as np
 
 from bilaf import defaults
+from bilaf.compute import Compute, LocalCompute, Task
 from bilaf.errors import InvalidInputError
-from bilaf.progress import Progress
+from bilaf.progress import Counted, Progress
 
-from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
-from ._validation import validate_core_indices, validate_inputs
+from ._geometry import ClusterDistances, rows_per_block, stage2_points
+from ._validation import validate_core_indices, validate_source
+from .denoise import nearest_cores
 from .results import BOUNDARY_ROLE, CORE_ROLE, ClusterStats, CoreSelection, DenoisedPool, Pick, SelectionResult
+from .shards import FeatureRows, as_source
 from .variants import BUDGET_RULES, Stage2Settings, resolve_settings
 
 BILAF = "bilaf"
@@ -83,11 +86,14 @@ def select_boundary(
     budget_rule: str | None = None,
     penalty_scope: str | None = None,
     intra_distance: str | None = None,
+    compute: Compute | None = None,
 ) -> SelectionResult:
     """Pick ``budget`` items: each cluster's core, then its boundary items one at a time.
 
     ``penalty`` is the opponent penalty delta (1.0 disables it). ``variant`` defaults to the one
     ``denoised`` was made with; geometry (normalisation, precision) always follows ``denoised``.
+    ``features`` may be a ``FeatureRows``; ``compute`` runs the pool's shards (rival cores) and one
+    task per cluster (its picks) where it says, with the same result everywhere.
     """
     settings = resolve_settings(
         variant or denoised.variant,
@@ -99,24 +105,34 @@ def select_boundary(
         penalty_scope=penalty_scope,
         intra_distance=intra_distance,
     )
-    matrix = validate_inputs(features, budget=budget, cores=cores, normalize=settings.normalize)
-    core_ids = validate_core_indices(cores, len(matrix))
-    if len(matrix) != denoised.n_items or not np.array_equal(core_ids, denoised.cores):
+    source = validate_source(features, compute, budget=budget, cores=cores, normalize=settings.normalize)
+    core_ids = validate_core_indices(cores, len(source))
+    if len(source) != denoised.n_items or not np.array_equal(core_ids, denoised.cores):
         raise InvalidInputError(
             "denoised pool does not match these features and cores: it covers "
             f"{denoised.n_items} items and {len(denoised.cores)} cores, got "
-            f"{len(matrix)} items and {len(core_ids)} cores"
+            f"{len(source)} items and {len(core_ids)} cores"
         )
-    result = select_boundary_validated(matrix, denoised, int(budget), penalty, settings, variant or denoised.variant)
+    result = select_boundary_validated(
+        source, denoised, int(budget), penalty, settings, variant or denoised.variant, compute
+    )
     if isinstance(cores, CoreSelection):
         result.params.update(core_method=cores.method, core_seed=cores.seed, core_params=cores.params)
     return result
 
 
 def select_boundary_validated(
-    matrix: np.ndarray, denoised: DenoisedPool, budget: int, penalty: float, settings: Stage2Settings, variant: str
+    features: FeatureRows | np.ndarray,
+    denoised: DenoisedPool,
+    budget: int,
+    penalty: float,
+    settings: Stage2Settings,
+    variant: str,
+    compute: Compute | None = None,
 ) -> SelectionResult:
     """``select_boundary`` on already validated inputs (used by the whole-method pipeline)."""
+    source = as_source(features)
+    compute = compute or LocalCompute()
     core_ids = denoised.cores
     check_boundary_args(len(core_ids), penalty)
     members = _denoised_members(denoised)
@@ -127,27 +143,35 @@ def select_boundary_validated(
             "(the official code divides by zero here); raise the budget to at "
             "least twice the number of cores or use budget_rule='largest_remainder'"
         )
-    points = stage2_points(matrix, settings.normalize, settings.exact)
     n_rivals = 1 if settings.penalty_scope == "nearest" else int(min(len(core_ids) - 1, max(1, shares.max() - 1)))
     kept = np.concatenate(members)
-    rival_ids, rival_distances = _rivals(points, kept, denoised.assignment[kept], core_ids, n_rivals, settings.exact)
+    rival_ids, rival_distances = _rivals(source, kept, denoised.assignment[kept], core_ids, n_rivals, settings, compute)
+    starts = np.concatenate([[0], np.cumsum([len(items) for items in members])])
+    tasks = [
+        Task(
+            name=f"boundary-cluster-{cluster}",
+            function=_boundary_task,
+            args=(
+                source.subset(items),
+                int(np.flatnonzero(items == core_ids[cluster])[0]),
+                int(shares[cluster]),
+                rival_ids[starts[cluster] : starts[cluster + 1]],
+                rival_distances[starts[cluster] : starts[cluster + 1]],
+                len(core_ids),
+                float(penalty),
+                settings,
+            ),
+            memory_bytes=(len(items) * source.n_columns + len(items) ** 2) * (8 if settings.exact else 4),
+            place=cluster,
+        )
+        for cluster, items in enumerate(members)
+    ]
+    chosen_of: list[Any] = [None] * len(tasks)
+    for cluster, chosen in Progress(Counted(compute.as_completed(tasks), len(tasks)), "boundary picks"):
+        chosen_of[cluster] = chosen
     picks: list[Pick] = []
     stats = []
-    offset = 0
-    for cluster, items in enumerate(Progress(members, "boundary picks")):
-        rows = slice(offset, offset + len(items))
-        offset += len(items)
-        core_position = int(np.flatnonzero(items == core_ids[cluster])[0])
-        chosen = _pick_cluster(
-            ClusterDistances(points[items], settings.exact),
-            core_position,
-            int(shares[cluster]),
-            rival_ids[rows],
-            rival_distances[rows],
-            len(core_ids),
-            float(penalty),
-            settings,
-        )
+    for cluster, (items, chosen) in enumerate(zip(members, chosen_of)):
         for position, score, rival, factor in chosen:
             is_core = score is None
             picks.append(
@@ -188,6 +212,30 @@ def select_boundary_validated(
     )
 
 
+def _boundary_task(
+    items: FeatureRows,
+    core_position: int,
+    n_picks: int,
+    rival_ids: np.ndarray,
+    rival_distances: np.ndarray,
+    n_clusters: int,
+    penalty: float,
+    settings: Stage2Settings,
+) -> list[tuple[int, float | None, int | None, float | None]]:
+    """One cluster's picks, where a task runs (positions in the cluster's absorption order)."""
+    points = stage2_points(items.read(), settings.normalize, settings.exact)
+    return _pick_cluster(
+        ClusterDistances(points, settings.exact),
+        core_position,
+        n_picks,
+        rival_ids,
+        rival_distances,
+        n_clusters,
+        penalty,
+        settings,
+    )
+
+
 def check_boundary_args(n_cores: int, penalty: Any) -> None:
     """ValueError unless there are 2+ cores (a boundary needs a rival) and 1 <= penalty < inf."""
     if n_cores < 2:
@@ -213,10 +261,16 @@ def _denoised_members(denoised: DenoisedPool) -> list[np.ndarray]:
 
 
 def _rivals(
-    points: np.ndarray, items: np.ndarray, own: np.ndarray, core_ids: np.ndarray, n_rivals: int, exact: bool
+    source: FeatureRows,
+    items: np.ndarray,
+    own: np.ndarray,
+    core_ids: np.ndarray,
+    n_rivals: int,
+    settings: Stage2Settings,
+    compute: Compute,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each item, its ``n_rivals`` nearest cores other than its own cluster's, nearest first."""
-    ids, distances = nearest_centres(points, points[core_ids], n_rivals + 1, exact, rows=items)
+    ids, distances = nearest_cores(source, core_ids, n_rivals + 1, settings, compute, rows=items)
     not_own = np.argsort(ids == own[:, None], axis=1, kind="stable")[:, :n_rivals]
     return np.take_along_axis(ids, not_own, axis=1), np.take_along_axis(distances, not_own, axis=1)
 

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 
 from bilaf import defaults
+from bilaf.compute import Compute, LocalCompute, Task
 from bilaf.errors import InvalidInputError
-from bilaf.progress import Progress
+from bilaf.progress import Counted, Progress
 
 from ._geometry import ClusterDistances, nearest_centres, rows_per_block, stage2_points
-from ._validation import validate_core_indices, validate_inputs
+from ._validation import validate_core_indices, validate_source
 from .results import ClusterStats, DenoisedPool
+from .shards import FeatureRows, as_source, shard_bounds
 from .variants import Stage2Settings, resolve_settings
 
 
@@ -55,38 +57,55 @@ def denoise(
     exact: bool | None = None,
     density: str | None = None,
     absorb_remainder: bool | None = None,
+    compute: Compute | None = None,
 ) -> DenoisedPool:
     """Assign every item to its nearest core and drop each cluster's peripheral items with IDC.
 
     ``cores`` is a CoreSelection or item indices (sorted ascending; cluster a = a-th smallest
     core). The switches left as None come from ``variant`` (see ``variants.VARIANTS``).
+    ``features`` may be a ``FeatureRows``; ``compute`` runs the pool's shards (nearest cores) and
+    one task per cluster (its IDC) where it says, with the same result everywhere.
     """
     settings = resolve_settings(
         variant, normalize=normalize, exact=exact, density=density, absorb_remainder=absorb_remainder
     )
     params = IdcParams(n_neighbors, ring_fraction, removal_ratio, min_cluster_size)
-    matrix = validate_inputs(features, cores=cores, normalize=settings.normalize)
-    core_ids = validate_core_indices(cores, len(matrix))
-    return denoise_validated(matrix, core_ids, variant, settings, params)
+    source = validate_source(features, compute, cores=cores, normalize=settings.normalize)
+    core_ids = validate_core_indices(cores, len(source))
+    return denoise_validated(source, core_ids, variant, settings, params, compute)
 
 
 def denoise_validated(
-    matrix: np.ndarray, core_ids: np.ndarray, variant: str, settings: Stage2Settings, params: IdcParams
+    features: FeatureRows | np.ndarray,
+    core_ids: np.ndarray,
+    variant: str,
+    settings: Stage2Settings,
+    params: IdcParams,
+    compute: Compute | None = None,
 ) -> DenoisedPool:
     """``denoise`` on already validated inputs (used by the whole-method pipeline)."""
-    points = stage2_points(matrix, settings.normalize, settings.exact)
-    assignment = nearest_centres(points, points[core_ids], 1, settings.exact)[0][:, 0]
+    source = as_source(features)
+    compute = compute or LocalCompute()
+    assignment = nearest_cores(source, core_ids, 1, settings, compute)[0][:, 0]
     assignment[core_ids] = np.arange(len(core_ids))  # a core is always in its own cluster
-    absorption_rank = np.full(len(points), -1, dtype=np.int64)
-    kept = np.zeros(len(points), dtype=bool)
+    absorption_rank = np.full(len(source), -1, dtype=np.int64)
+    kept = np.zeros(len(source), dtype=bool)
+    clusters = cluster_members(assignment, len(core_ids))
+    tasks = [
+        Task(
+            name=f"idc-cluster-{cluster}",
+            function=_idc_task,
+            args=(source.subset(members), int(np.searchsorted(members, core_ids[cluster])), params, settings),
+            memory_bytes=_cluster_bytes(len(members), source.n_columns, settings.exact),
+            place=cluster,
+        )
+        for cluster, members in enumerate(clusters)
+    ]
+    outcomes: list[tuple[np.ndarray, int]] = [None] * len(tasks)  # type: ignore[list-item]
+    for cluster, outcome in Progress(Counted(compute.as_completed(tasks), len(tasks)), "IDC denoising"):
+        outcomes[cluster] = outcome
     stats = []
-    for cluster, members in enumerate(Progress(cluster_members(assignment, len(core_ids)), "IDC denoising")):
-        core_position = int(np.searchsorted(members, core_ids[cluster]))
-        if len(members) < params.min_cluster_size:
-            absorbed, n_kept = np.arange(len(members)), len(members)
-        else:
-            distances = ClusterDistances(points[members], settings.exact)
-            absorbed, n_kept = _idc(distances, core_position, params, settings)
+    for cluster, (members, (absorbed, n_kept)) in enumerate(zip(clusters, outcomes)):
         absorption_rank[members[absorbed]] = np.arange(len(absorbed))
         kept[members[absorbed[:n_kept]]] = True
         stats.append(
@@ -101,6 +120,58 @@ def denoise_validated(
         variant=variant,
         params={**vars(params), **settings.to_dict()},
         clusters=tuple(stats),
+    )
+
+
+def _idc_task(
+    members: FeatureRows, core_position: int, params: IdcParams, settings: Stage2Settings
+) -> tuple[np.ndarray, int]:
+    """One cluster's IDC, where a task runs: (absorption order, number kept), positions in the cluster."""
+    if len(members) < params.min_cluster_size:
+        return np.arange(len(members)), len(members)
+    points = stage2_points(members.read(), settings.normalize, settings.exact)
+    return _idc(ClusterDistances(points, settings.exact), core_position, params, settings)
+
+
+def _cluster_bytes(n_members: int, n_columns: int, exact: bool) -> int:
+    """What a cluster task holds: its points and (when small enough to be dense) their distances."""
+    width = 8 if exact else 4
+    dense = n_members * n_members * width if n_members <= 16_384 else 0
+    return n_members * n_columns * width + dense
+
+
+def nearest_cores(
+    source: FeatureRows,
+    core_ids: np.ndarray,
+    n_nearest: int,
+    settings: Stage2Settings,
+    compute: Compute,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``nearest_centres`` of every item (or of ``rows``) to the cores, one task per shard of them."""
+    centres = stage2_points(source.take(core_ids), settings.normalize, settings.exact)
+    targets = source if rows is None else source.subset(rows)
+    width = 8 if settings.exact else 4
+    bounds = shard_bounds(len(targets), width * (source.n_columns + len(core_ids)))
+    tasks = [
+        Task(
+            name=f"nearest-cores-{index}",
+            function=_nearest_task,
+            args=(targets.shard(start, stop), centres, n_nearest, settings),
+            memory_bytes=(stop - start) * width * (source.n_columns + len(core_ids)),
+            place=index,
+        )
+        for index, (start, stop) in enumerate(bounds)
+    ]
+    parts = compute.map(tasks)
+    return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
+
+
+def _nearest_task(
+    rows: FeatureRows, centres: np.ndarray, n_nearest: int, settings: Stage2Settings
+) -> tuple[np.ndarray, np.ndarray]:
+    return nearest_centres(
+        stage2_points(rows.read(), settings.normalize, settings.exact), centres, n_nearest, settings.exact
     )
 
 

@@ -31,6 +31,7 @@ from .cores import CORE_METHODS, check_seed, core_pick_order, method_params, use
 from .denoise import IdcParams, denoise_validated
 from .probe import class_probabilities
 from .results import Pick, SelectionResult
+from .shards import FeatureRows
 from .variants import Stage2Settings, resolve_settings
 
 MethodFn = Callable[..., SelectionResult]
@@ -159,13 +160,13 @@ def _bilaf(
     order, core_info = core_pick_order(
         source, int(n_cores), core_method, seed, settings.normalize, core_params, known, compute
     )
-    result = _one_shot_bilaf(source.materialize(), known, order, int(budget), penalty, settings, variant, idc)
+    result = _one_shot_bilaf(source, known, order, int(budget), penalty, settings, variant, idc, compute)
     result.params.update(core_method=core_method, seed=seed, core_params=core_info)
     return result
 
 
 def _one_shot_bilaf(
-    matrix: np.ndarray,
+    source: FeatureRows,
     known: KnownItems | None,
     cores: np.ndarray,
     budget: int,
@@ -173,18 +174,19 @@ def _one_shot_bilaf(
     settings: Stage2Settings,
     variant: str,
     idc: IdcParams,
+    compute: Compute | None,
 ) -> SelectionResult:
     """Stage 2 around ``cores``; with labeled or pending items (but too few classes to use),
     on the items left to pick from, so none of those is ever picked."""
     if known is None or not known.taken.any():
-        denoised = denoise_validated(matrix, np.sort(cores), variant, settings, idc)
-        return select_boundary_validated(matrix, denoised, budget, penalty, settings, variant)
+        denoised = denoise_validated(source, np.sort(cores), variant, settings, idc, compute)
+        return select_boundary_validated(source, denoised, budget, penalty, settings, variant, compute)
     free = np.flatnonzero(~known.taken)
-    position = np.full(len(matrix), -1, dtype=np.int64)
+    position = np.full(len(source), -1, dtype=np.int64)
     position[free] = np.arange(len(free))
-    sub = matrix[free]
-    denoised = denoise_validated(sub, np.sort(position[cores]), variant, settings, idc)
-    local = select_boundary_validated(sub, denoised, budget, penalty, settings, variant)
+    sub = source.subset(free)
+    denoised = denoise_validated(sub, np.sort(position[cores]), variant, settings, idc, compute)
+    local = select_boundary_validated(sub, denoised, budget, penalty, settings, variant, compute)
     picks = tuple(
         replace(
             pick,

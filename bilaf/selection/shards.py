@@ -132,3 +132,8 @@ def shard_bounds(n_rows: int, bytes_per_row: int) -> list[tuple[int, int]]:
     by_count = max(MIN_SHARD_ROWS, math.ceil(n_rows / MAX_SHARDS_PER_POOL))
     rows = min(by_memory, by_count)
     return [(start, min(n_rows, start + rows)) for start in range(0, n_rows, rows)]
+
+
+def as_source(features: FeatureRows | np.ndarray) -> FeatureRows:
+    """A validated matrix (or rows already) as the FeatureRows the sharded steps read."""
+    return features if isinstance(features, FeatureRows) else FeatureRows.of_array(np.asarray(features))
