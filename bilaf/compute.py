@@ -130,18 +130,24 @@ class LocalCompute(Compute):
     def map(self, tasks: Sequence[Task], *, single_threaded: bool = True) -> list[Any]:
         if not single_threaded:
             return [task.function(*task.args) for task in tasks]
-        with torch_threads(1), ThreadPoolExecutor(max(1, self.threads)) as pool:
-            return list(pool.map(lambda task: task.function(*task.args), tasks))
+        results: list[Any] = [None] * len(tasks)
+        for position, result in self.as_completed(tasks):
+            results[position] = result
+        return results
 
     def as_completed(self, tasks: Sequence[Task], *, single_threaded: bool = True) -> Iterator[tuple[int, Any]]:
         if not single_threaded:
             for position, task in enumerate(tasks):
                 yield position, task.function(*task.args)
             return
-        with torch_threads(1), ThreadPoolExecutor(max(1, self.threads)) as pool:
-            running = {pool.submit(task.function, *task.args): position for position, task in enumerate(tasks)}
-            for future in futures_completed(running):
-                yield running[future], future.result()
+        with torch_threads(1):
+            pool = ThreadPoolExecutor(max(1, self.threads))
+            try:
+                running = {pool.submit(task.function, *task.args): position for position, task in enumerate(tasks)}
+                for future in futures_completed(running):
+                    yield running[future], future.result()
+            finally:  # a failed (or abandoned) task: the ones not started yet never start
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def describe(self) -> dict[str, Any]:
         return {"scheduler": LOCAL, "threads": self.threads}
@@ -167,6 +173,8 @@ class DaskCompute(Compute):
                 f"compute.scheduler {scheduler}: neither a scheduler address (tcp://host:port) nor an existing "
                 "scheduler file"
             )
+        address = _scheduler_address(scheduler) if is_file else scheduler
+        _probe(address, scheduler)
         try:
             with _quiet_dask_logs():
                 self.client = (
@@ -263,6 +271,33 @@ class DaskCompute(Compute):
     def close(self) -> None:
         with _quiet_dask_logs():
             self.client.close()
+
+
+def _scheduler_address(scheduler_file: str) -> str:
+    import json
+
+    try:
+        return json.loads(Path(scheduler_file).read_text())["address"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ComputeUnavailableError(
+            f"compute.scheduler {scheduler_file} is not a Dask scheduler file: {error}"
+        ) from None
+
+
+def _probe(address: str, configured: str) -> None:
+    """Fail at once, naming the address, when nothing listens there (the client would retry for
+    its whole timeout)."""
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as error:
+        where = address if address == configured else f"{address} (from {configured})"
+        raise ComputeUnavailableError(
+            f"cannot reach the Dask scheduler at {where} (compute.scheduler or ${SCHEDULER_ENV}): {error}"
+        ) from None
 
 
 def _run_task(function: Callable[..., Any], args: tuple, single_threaded: bool) -> Any:

@@ -470,13 +470,14 @@ def embed_pool(
     if missing:
         chunks = [missing[start : start + shard_size] for start in range(0, len(missing), shard_size)]
         compute = compute or LocalCompute()
-        if compute.shares_memory:
+        if compute.shares_memory and (model.device.type == "cuda" or num_workers):
+            # A GPU in this process: one stream, decoded by worker processes, keeps it busy.
             workers = _default_num_workers(model.device) if num_workers is None else num_workers
             reports = _embed_here(model, data_dir, frame, chunks, cache, image_size, batch_size, workers)
         else:
-            reports = _embed_on_cluster(
-                compute, model, str(weights), data_dir, frame, chunks, cache, image_size, batch_size
-            )
+            if compute.shares_memory:
+                _PROCESS_BACKBONES[(model.name, str(weights))] = model  # the tasks here use this one
+            reports = _embed_tasks(compute, model, str(weights), data_dir, frame, chunks, cache, image_size, batch_size)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_bytes = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
@@ -508,7 +509,7 @@ def _embed_here(
     batch_size: int,
     num_workers: int,
 ) -> list[ShardReport]:
-    """Every shard in this process, streamed through one loader (the in-process Compute)."""
+    """Every shard in this process, streamed through one loader (a GPU here, or decoding workers)."""
     started = time.perf_counter()
     where = TaskReport.here()
     provenance = {"host": where.host, "pid": where.pid, "worker": None, "device": str(model.device)}
@@ -520,7 +521,7 @@ def _embed_here(
     ]
 
 
-def _embed_on_cluster(
+def _embed_tasks(
     compute: Compute,
     model: Backbone,
     weights: str,
@@ -531,7 +532,9 @@ def _embed_on_cluster(
     image_size: int,
     batch_size: int,
 ) -> list[ShardReport]:
-    """One task per shard on the cluster's workers; the driver only collects their reports."""
+    """One task per shard, one torch thread each (the features of a CPU forward pass depend on the
+    thread count, so every process computes them alike), run where ``compute`` says: on the
+    threads of this process or on a cluster's workers. The driver only collects their reports."""
     rows = frame.set_index("id", drop=False)[["id", "path", "label"]]
     per_item = 4 * 3 * image_size * image_size + 4 * model.feature_dim
     tasks = [
@@ -558,8 +561,8 @@ def _embed_on_cluster(
     started = time.perf_counter()
     done = 0
     steps = Progress(
-        Counted(compute.as_completed(tasks, single_threaded=False), len(tasks)),
-        f"embed {sum(map(len, chunks))} images in {len(chunks)} shards with {model.name} on the cluster",
+        Counted(compute.as_completed(tasks), len(tasks)),
+        f"embed {sum(map(len, chunks))} images in {len(chunks)} shards with {model.name}",
     )
     for _, report in steps:
         reports.append(report)
