@@ -76,7 +76,9 @@ def test_rows_of_a_file_select_like_those_rows_in_memory(mixture, tmp_path):
     np.save(tmp_path / "features.npy", features)
     rows = np.random.default_rng(0).permutation(2000)[:1500]
     in_memory = select_cores(features[rows], 20, "activeft", seed=0, n_iterations=30)
-    from_file = select_cores(FeatureRows.of_file(tmp_path / "features.npy", rows), 20, "activeft", seed=0, n_iterations=30)
+    from_file = select_cores(
+        FeatureRows.of_file(tmp_path / "features.npy", rows), 20, "activeft", seed=0, n_iterations=30
+    )
     assert from_file.indices.tolist() == in_memory.indices.tolist()
     assert from_file.params["final_loss"] == in_memory.params["final_loss"]
     pool = denoise(FeatureRows.of_file(tmp_path / "features.npy", rows), in_memory.indices)
