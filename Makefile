@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: env run test test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status
+.PHONY: env run test test-heavy test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status
 
 env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST) $(DAGSTER_HOME)/dagster.yaml
 
@@ -68,8 +68,12 @@ format: env
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test-all: env
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The heavy tier: a real Dask cluster, the real backbone's finetune, Label Studio's round trip.
+test-heavy: env label-studio-env
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m heavy $(PYTEST_ARGS)
+
+test-all: env label-studio-env
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: env
 	@echo "Dagster UI: http://127.0.0.1:3000"
@@ -90,8 +94,8 @@ cluster-down: env
 cluster-status: env
 	$(BIN)/bilaf cluster status
 
-# Label Studio (the annotators' tool) in its own venv, for its round-trip test
-# (tests/bilaf/annotation/run_label_studio_test.sh) and for annotation teams running it locally.
+# Label Studio (the annotators' tool) in its own venv, for its round-trip test (`make test-heavy`)
+# and for annotation teams running it locally.
 label-studio-env:
 	test -x .venv-labelstudio/bin/label-studio || \
 	  { $(PYTHON) -m venv .venv-labelstudio && .venv-labelstudio/bin/pip install label-studio==1.23.2; }

@@ -331,6 +331,12 @@ def _process_backbone(name: str, weights: str) -> Backbone:
     return _PROCESS_BACKBONES[key]
 
 
+def load_process_backbone(name: str, weights: str) -> None:
+    """Load the backbone of this process ahead of its first shard (e.g. ``client.run`` on every
+    worker before timing them)."""
+    _process_backbone(name, weights)
+
+
 def embed_shard(job: ShardJob) -> ShardReport:
     """The task of one shard: embed its items (re-hashing their pixels) and write the shard."""
     started = time.perf_counter()

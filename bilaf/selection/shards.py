@@ -10,6 +10,7 @@ are the same wherever and on how many workers they were computed.
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,14 @@ class FeatureRows:
         return self.array is not None
 
     def _matrix(self) -> np.ndarray:
-        return self.array if self.array is not None else np.load(self.path, mmap_mode="r")
+        if self.array is not None:
+            return self.array
+        if not Path(self.path).is_file():  # e.g. a Dask worker on a host without the project's folder
+            raise MissingFileError(
+                f"{self.path} is missing on {socket.gethostname()}: on a cluster every worker reads the "
+                "features file at the driver's path (put the project on a filesystem every worker mounts there)"
+            )
+        return np.load(self.path, mmap_mode="r")
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (in selection order) as a C-contiguous float32/float64 array."""

@@ -2,7 +2,7 @@
 
 Our tasks in (images served through a Local Files storage), every task annotated over the HTTP
 API, then the JSON, JSON-MIN and CSV exports back through `bilaf labels import`. Label Studio
-lives in its own venv: `make label-studio-env`, or `tests/bilaf/annotation/run_label_studio_test.sh`.
+lives in its own venv: `make label-studio-env` (`make test-heavy` creates it).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def label_studio(project: Path, tmp_path: Path) -> Iterator[LabelStudio]:
     if not LABEL_STUDIO.exists():
         pytest.skip(
             f"Label Studio 1.23.2 is not installed at {LABEL_STUDIO}: run `make label-studio-env` "
-            "(or tests/bilaf/annotation/run_label_studio_test.sh)"
+            "(or `make test-heavy`)"
         )
     port, token, data_dir = _free_port(), secrets.token_hex(20), tmp_path / "label-studio-data"
     env = {

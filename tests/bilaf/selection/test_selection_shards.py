@@ -1,7 +1,7 @@
 """Selection over shards: the same picks whatever runs the shards, and whatever each process kept.
 
 The Dask side of this (real scheduler and worker processes) is in
-tests/dagster_project/cluster/test_cluster.py (heavy tier); here the tasks run in this process, on
+tests/dagster_project/pipeline/test_cluster.py (heavy tier); here the tasks run in this process, on
 one or several threads, with their per-process caches kept or dropped between calls.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from bilaf import compute as compute_module
 from bilaf.compute import LocalCompute, Task
-from bilaf.errors import InvalidInputError
+from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.selection import denoise, select, select_cores
 from bilaf.selection.shards import MIN_SHARD_ROWS, SHARD_BYTES, FeatureRows, shard_bounds
 
@@ -113,6 +113,17 @@ def test_rows_held_in_this_process_are_not_sent_to_a_cluster(mixture):
     features, _ = mixture(100, 2, 4, 1.0, 0)
     with pytest.raises(InvalidInputError, match="cannot be sent to a Dask cluster"):
         pickle.dumps(FeatureRows.of_array(features).shard(0, 10))
+
+
+def test_a_worker_without_the_features_file_says_so(mixture, tmp_path):
+    """A worker on a host that does not mount the project names the file and the host."""
+    features, _ = mixture(300, 4, 4, 1.0, 0)
+    path = tmp_path / "features.npy"
+    np.save(path, features.astype(np.float32))
+    source = FeatureRows.of_file(path)
+    path.unlink()  # as seen from a worker that does not share the driver's filesystem
+    with pytest.raises(MissingFileError, match=r"features\.npy is missing on .*every worker reads"):
+        select_cores(source, 5, "activeft", seed=0, n_iterations=2, compute=LocalCompute(threads=1))
 
 
 def test_selection_tasks_run_with_one_torch_thread_embedding_tasks_with_all():
