@@ -16,8 +16,8 @@ pass: what `embed_pool` did before shards became tasks; its features depend on t
 which is why it is gone from the CPU path). ActiveFT runs on a synthetic clustered pool (a mixture
 of unit-variance blobs; real embeddings are clustered, and the owner bounds depend on it).
 
-    .venv/bin/python benchmarks/scale_out.py                        # 10k images, N = 200k x 1280, K = 1000
-    .venv/bin/python benchmarks/scale_out.py --images 2048 --items 50000 --iterations 5   # a quick look
+    .venv/bin/python benchmarks/scale_out.py --iterations 3   # 10k images x 3 runs, N = 200k x 1280, K = 1000
+    .venv/bin/python benchmarks/scale_out.py --images 2048 --repeats 1 --items 50000 --iterations 5   # a quick look
 
 Below the measured rows, a cost model projects 10 M and 100 M items on N workers from the per-item
 costs just measured (and, for a GPU worker, from the H200 figure quoted, not measured, here).
@@ -67,71 +67,90 @@ def _worker_peak_rss_mib(compute) -> list[float]:
     return sorted(peaks.values())
 
 
-def embedding_rows(work: Path, images: int, image_size: int, batch_size: int) -> list[dict]:
-    from bilaf.features import embed_pool, load_backbone, read_manifest, sync_pool
-    from bilaf.features import embeddings as embedding_module
+def embedding_rows(work: Path, images: int, image_size: int, batch_size: int, repeats: int) -> list[dict]:
+    """Each setting ``repeats`` times, the settings interleaved (a noisy box slows every setting alike);
+    the median run is reported with the range."""
+    from bilaf.features import load_backbone, sync_pool
 
     data = work / "pool"
     sync_pool(data, "fashion-mnist", train_size=images, test_size=0, seed=0)
     load_backbone()  # the weights' first load (and file cache) is nobody's cost
+    runs: dict[str, list[dict]] = {}
+    for repeat in range(repeats):
+        for name, workers in SETTINGS:
+            runs.setdefault(name, []).append(_embed_once(work, data, workers, repeat, image_size, batch_size))
+        runs.setdefault(STREAM, []).append(_embed_stream(work, data, repeat, image_size, batch_size))
+    reference = runs[SETTINGS[0][0]][0]["features"]
     rows = []
-    reference = None
-    for name, workers in SETTINGS:
-        compute, folder, warm = _computes(
-            work, workers, (embedding_module.load_process_backbone, "tf_efficientnet_lite0", "packaged")
-        )
-        cache = work / f"cache-{workers}"
-        try:
-            started = time.perf_counter()
-            info = embed_pool(
-                data,
-                work / f"out-{workers}",
-                image_size=image_size,
-                batch_size=batch_size,
-                cache_dir=cache,
-                compute=compute,
-            )
-            seconds = time.perf_counter() - started
-            peaks = _worker_peak_rss_mib(compute)
-        finally:
-            compute.close()
-            if folder is not None:
-                stop_cluster(folder)
-        features = (work / f"out-{workers}" / "features.npy").read_bytes()
-        reference = reference or features
-        processes = len({(shard.host, shard.pid) for shard in info.shards})
+    for name, measured in runs.items():
+        seconds = [run["seconds"] for run in measured]
+        median = float(np.median(seconds))
         rows.append(
             {
                 "setting": name,
-                "seconds": seconds,
-                "images_per_s": images / seconds,
-                "processes": processes,
-                "warm_up_s": warm,
-                "peak_rss_mib": peaks,
-                "identical": features == reference,
+                "seconds": median,
+                "range": (min(seconds), max(seconds)),
+                "images_per_s": images / median,
+                "processes": max(run["processes"] for run in measured),
+                "warm_up_s": float(np.median([run["warm_up_s"] for run in measured])),
+                "peak_rss_mib": max((run["peak_rss_mib"] for run in measured), key=lambda peaks: sum(peaks)),
+                "identical": None if name == STREAM else all(run["features"] == reference for run in measured),
             }
         )
-    # The old single stream (one forward pass on every thread), for what the shards cost in process.
+    return rows
+
+
+STREAM = "old single stream (in process)"
+
+
+def _embed_once(work: Path, data: Path, workers: int, repeat: int, image_size: int, batch_size: int) -> dict:
+    """One timed `embed_pool` of the whole pool into a fresh cache, on a fresh cluster."""
+    from bilaf.features import embed_pool
+    from bilaf.features import embeddings as embedding_module
+
+    compute, folder, warm = _computes(
+        work, workers, (embedding_module.load_process_backbone, "tf_efficientnet_lite0", "packaged")
+    )
+    out = work / f"out-{workers}-{repeat}"
+    try:
+        started = time.perf_counter()
+        info = embed_pool(
+            data,
+            out,
+            image_size=image_size,
+            batch_size=batch_size,
+            cache_dir=work / f"cache-{workers}-{repeat}",
+            compute=compute,
+        )
+        seconds = time.perf_counter() - started
+        peaks = _worker_peak_rss_mib(compute)
+    finally:
+        compute.close()
+        if folder is not None:
+            stop_cluster(folder)
+    return {
+        "seconds": seconds,
+        "processes": len({(shard.host, shard.pid) for shard in info.shards}),
+        "warm_up_s": warm,
+        "peak_rss_mib": peaks,
+        "features": (out / "features.npy").read_bytes(),
+    }
+
+
+def _embed_stream(work: Path, data: Path, repeat: int, image_size: int, batch_size: int) -> dict:
+    """The old single stream (one forward pass on every thread), for what the shards cost in process."""
+    from bilaf.features import embeddings as embedding_module
+    from bilaf.features import read_manifest
+
     model = embedding_module.load_backbone("tf_efficientnet_lite0", "packaged")
     frame = read_manifest(data)
     ids = frame["id"].tolist()
-    cache = embedding_module.ShardCache(work / "cache-stream" / "x")
+    cache = embedding_module.ShardCache(work / f"cache-stream-{repeat}" / "x")
     chunks = [ids[start : start + 1024] for start in range(0, len(ids), 1024)]
     started = time.perf_counter()
     embedding_module._embed_here(model, data, frame, chunks, cache, image_size, batch_size, 0)
     seconds = time.perf_counter() - started
-    rows.append(
-        {
-            "setting": "old single stream (in process)",
-            "seconds": seconds,
-            "images_per_s": images / seconds,
-            "processes": 1,
-            "warm_up_s": 0.0,
-            "peak_rss_mib": [],
-            "identical": None,
-        }
-    )
-    return rows
+    return {"seconds": seconds, "processes": 1, "warm_up_s": 0.0, "peak_rss_mib": [], "features": b""}
 
 
 def _clustered(n_items: int, dim: int, n_blobs: int, path: Path) -> None:
@@ -238,27 +257,34 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--anchors", type=int, default=1000)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="embedding runs per setting (default: %(default)s)")
     parser.add_argument("--skip-embedding", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="scale-out-"))
     try:
         print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")
-        embedding = [] if args.skip_embedding else embedding_rows(work, args.images, args.image_size, args.batch_size)
+        embedding = (
+            []
+            if args.skip_embedding
+            else embedding_rows(work, args.images, args.image_size, args.batch_size, args.repeats)
+        )
         if embedding:
             print(
                 f"\nEmbedding {args.images} Fashion-MNIST images, tf_efficientnet_lite0 at {args.image_size} px, "
-                f"batch {args.batch_size}"
+                f"batch {args.batch_size}; median of {args.repeats} runs per setting, interleaved, with the range"
             )
             print(
-                f"{'setting':<32} {'warm-up s':>9} {'seconds':>8} {'img/s':>7} {'processes':>9} {'peak RSS per process':>22} "
+                f"{'setting':<32} {'warm-up s':>9} {'seconds':>8} {'range s':>13} {'img/s':>7} {'processes':>9} "
+                f"{'peak RSS per process':>22} "
                 f"{'same bytes':>10}"
             )
             for row in embedding:
                 peaks = ", ".join(f"{peak:.0f}" for peak in row["peak_rss_mib"]) or "-"
                 same = "-" if row["identical"] is None else ("yes" if row["identical"] else "NO")
                 print(
-                    f"{row['setting']:<32} {row['warm_up_s']:>9.1f} {row['seconds']:>8.1f} {row['images_per_s']:>7.1f} "
+                    f"{row['setting']:<32} {row['warm_up_s']:>9.1f} {row['seconds']:>8.1f} "
+                    f"{row['range'][0]:>6.1f}-{row['range'][1]:<6.1f} {row['images_per_s']:>7.1f} "
                     f"{row['processes']:>9} {peaks + ' MiB':>22} {same:>10}"
                 )
             rate = {row["setting"]: row["images_per_s"] for row in embedding}
