@@ -267,6 +267,42 @@ def test_a_past_round_stays_explainable_and_reproducible_after_its_parameters_ch
     assert yaml.safe_load((project / "params.yaml").read_text())["boundary"]["penalty"] == 1.6  # today's untouched
 
 
+def test_reproduce_says_when_todays_code_picks_otherwise_and_refuses_a_run_that_is_not_a_selection(
+    project, capsys, monkeypatch
+):
+    """Today's code (patched here) swaps one of round 1's picks and has another code version: the
+    verdict says so (exit 1, one pick differing, code changed); an embeddings run is refused (exit 2)."""
+    import json
+
+    import mlflow
+    from bilaf import stages
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bilaf").experiment_id
+    (first,) = client.search_runs([experiment], "tags.asset_key = 'boundary_set' and tags.round = '1'")
+    original = stages.selection_records
+
+    def one_pick_swapped(result, pool, round_number):
+        records = original(result, pool, round_number)
+        picked = {record["id"] for record in records}
+        records[0] = {**records[0], "id": next(item for item in pool.ids if item not in picked)}
+        return records
+
+    monkeypatch.setattr(stages, "selection_records", one_pick_swapped)
+    monkeypatch.setattr(stages.StageSpec, "code_version", lambda self: "0" * 16)
+    arguments = ["reproduce", first.info.run_id, "--project", str(project)]
+    assert bilaf([*arguments, "--json", "--scratch", str(project.parent / "changed")]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert not verdict["identical"] and verdict["picks_differing"] == 1 and verdict["code_changed"]
+    assert verdict["current_code_version"] == "0" * 16 != verdict["recorded_code_version"]
+    assert bilaf([*arguments, "--scratch", str(project.parent / "changed-text")]) == 1
+    out = capsys.readouterr().out
+    assert f"1 of {verdict['picks']} differ" in out and "the code changed since" in out
+    (embeddings, *_) = client.search_runs([experiment], "tags.asset_key = 'embeddings'")
+    assert bilaf(["reproduce", embeddings.info.run_id, "--project", str(project)]) == 2
+    assert "is not a selection (boundary_set) run" in capsys.readouterr().err
+
+
 def test_a_label_file_edited_in_place_is_seen_and_a_broken_edit_refused(project, capsys):
     round_file = project / "labels" / "round-001.csv"
     original = round_file.read_text()
