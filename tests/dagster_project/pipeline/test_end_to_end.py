@@ -100,7 +100,8 @@ def test_explain_tells_why_an_image_was_picked_from_verified_records(tiny_projec
     report = json.loads(capsys.readouterr().out)
     (pick,) = report["picked"]
     assert pick["role"] == "boundary" and pick["round"] == 1 and pick["cluster_core"] == boundary["cluster_core"]
-    assert isinstance(pick["boundary_score"], float) and isinstance(pick["rank"], int)
+    assert pick["rank"] == int(boundary["rank"])  # the recorded pick's own rank and score, not any number
+    assert pick["boundary_score"] == pytest.approx(float(boundary["boundary_score"]), rel=1e-12)
     assert pick["rival_core"] in {row["id"] for row in rows if row["role"] == "core"}  # ids, not row numbers
     inputs = pick["inputs"]
     assert inputs["parameters"]["boundary"] == TINY_PARAMS["boundary"]  # typed as written
@@ -112,13 +113,21 @@ def test_explain_tells_why_an_image_was_picked_from_verified_records(tiny_projec
     assert bilaf(["explain", boundary["id"], "--project", str(tiny_project)]) == 0
     assert "round 1" in capsys.readouterr().out
 
+    # An item never picked: the reason follows its recorded `kept` flag (IDC removed it, or it stayed
+    # and was outscored); one item of each kind the round has.
     picked = {row["id"] for row in rows}
-    other = next(
+    denoised = json.loads((tiny_project / "artifacts" / "denoised_pool.json").read_text())
+    kept_flag = dict(zip(denoised["ids"], denoised["denoised"]["kept"]))
+    unpicked = [
         item for item in read_manifest(tiny_project / "data").query("split == 'train'")["id"] if item not in picked
-    )
-    assert bilaf(["explain", other, "--json", "--project", str(tiny_project)]) == 0
-    (why,) = json.loads(capsys.readouterr().out)["not_picked"]
-    assert why["round"] == 1 and ("outscored" in why["why"] or "removed as noise" in why["why"])
+    ]
+    examples = {bool(kept_flag[item]): item for item in unpicked}
+    assert set(examples) == {True, False}  # the tiny pool has both kinds (25 of its 300 items are removed)
+    for kept, item in examples.items():
+        assert bilaf(["explain", item, "--json", "--project", str(tiny_project)]) == 0
+        (why,) = json.loads(capsys.readouterr().out)["not_picked"]
+        assert why["round"] == 1
+        assert ("outscored" in why["why"]) == kept and ("removed as noise" in why["why"]) == (not kept), why
 
 
 def test_explain_refuses_an_answer_from_a_tampered_record(tiny_project, project_env, capsys):
