@@ -161,13 +161,23 @@ def test_core_method_is_pluggable(mixture, core_method):
     assert result.params["core_method"] == core_method
 
 
-def test_blocked_distances_keep_the_default_guarantees(mixture, monkeypatch):
+def test_blocked_distances_pick_what_the_dense_path_picks(mixture, monkeypatch):
+    """Clusters too large for one distance matrix are scored block by block: the same picks and
+    rivals as the dense path, and its scores to float32 rounding (the blocks sum in another order)."""
     features, _ = mixture(800, 3, 8, 3.0, 10)
+    dense = select(features, 80, n_cores=6, core_method="kmeans")
     monkeypatch.setattr(_geometry, "DENSE_CLUSTER_LIMIT", 16)
     monkeypatch.setattr(_geometry, "BLOCK_ELEMENTS", 4096)
-    result = select(features, 80, n_cores=6, core_method="kmeans")
-    assert len(set(result.indices.tolist())) == 80
-    assert set(result.core_indices.tolist()) <= set(result.indices.tolist())
+    blocked = select(features, 80, n_cores=6, core_method="kmeans")
+    assert blocked.indices.tolist() == dense.indices.tolist()
+    scored = [(pick.boundary_score, other.boundary_score) for pick, other in zip(blocked.picks, dense.picks)]
+    assert all((a is None) == (b is None) for a, b in scored)  # the cores, unscored in both
+    assert [a for a, _ in scored if a is not None] == pytest.approx(
+        [b for _, b in scored if b is not None], rel=1e-5, abs=1e-6
+    )
+    assert [pick.rival_center for pick in blocked.picks] == [pick.rival_center for pick in dense.picks]
+    assert len(set(blocked.indices.tolist())) == 80
+    assert set(blocked.core_indices.tolist()) <= set(blocked.indices.tolist())
 
 
 def test_paper_and_code_forms_are_selectable(mixture):
