@@ -37,13 +37,40 @@ def test_projection_does_not_depend_on_the_chunk_size_or_a_memmap(tmp_path) -> N
     np.testing.assert_allclose(pca_2d(scaled), whole, rtol=0, atol=1e-6)
 
 
-def test_selection_projection_writes_a_png(tmp_path) -> None:
+def test_selection_projection_draws_each_layer_at_its_items_points(tmp_path, monkeypatch) -> None:
+    """Every layer (pool, removed, picks, cores) is drawn at the PCA points of exactly its items, with
+    its count in the legend, and the PNG is a real, non-blank image."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
     features = _features(rows=200, dim=8)
     selection = SimpleNamespace(
         indices=[3, 10, 50, 70], picks=[SimpleNamespace(role="core"), SimpleNamespace(role="boundary")]
     )
     kept = np.ones(200, dtype=bool)
     kept[:20] = False
+    saved: list[Figure] = []
+    original_savefig = Figure.savefig
+
+    def recording_savefig(figure, *args, **kwargs):
+        saved.append(figure)
+        return original_savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
     out = plot_selection_projection(features, [3, 10], kept, selection, tmp_path / "projection.png")
     assert out == tmp_path / "projection.png"
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (figure,) = saved
+    (axis,) = figure.axes
+    layers = {collection.get_label(): collection.get_offsets() for collection in axis.collections}
+    points = pca_2d(features)
+    expected = {
+        "pool (200)": points,
+        "removed by denoising (20)": points[:20],
+        "boundary picks (2)": points[[50, 70]],
+        "cores (2)": points[[3, 10]],
+    }
+    assert sorted(layers) == sorted(expected)
+    for label, where in expected.items():
+        np.testing.assert_allclose(np.asarray(layers[label]), where, err_msg=label)
+    image = np.asarray(Image.open(out).convert("L"))
+    assert image.shape == (660, 770) and image.std() > 10  # 7 x 6 in at 110 dpi, not a blank canvas
