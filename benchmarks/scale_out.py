@@ -27,6 +27,7 @@ The load average is printed: compare rows of one run only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import resource
@@ -34,7 +35,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,17 +50,26 @@ SETTINGS = (("in process", 0), ("1 worker x 1", 1), ("2 workers x 1", 2))
 H200_IMAGES_PER_S = 4837  # issue 19's figure for one H200 (an earlier session), not measured by this script
 
 
-def _computes(work: Path, workers: int, warm_up):
-    """(Compute, cluster folder or None, warm-up seconds) of one setting. Dask workers get a fresh
-    cluster, warmed up (imports, backbone) outside the timer, as a long-running cluster is."""
+@contextlib.contextmanager
+def _setting(work: Path, workers: int, warm_up: tuple) -> Iterator[tuple[Any, float]]:
+    """(Compute, warm-up seconds) of one setting, closed (and its cluster stopped) on the way out.
+    Dask workers get a fresh cluster, warmed up (imports, backbone) outside the timer, as a
+    long-running cluster is."""
     if workers == 0:
-        return LocalCompute(), None, 0.0
+        yield LocalCompute(), 0.0
+        return
     folder = work / f"cluster-{workers}-{time.monotonic_ns()}"
     started = start_cluster(folder, workers=workers, threads=1, memory_limit="8GiB")
-    compute = DaskCompute(str(started.scheduler_file))
-    began = time.perf_counter()
-    compute.client.run(*warm_up)
-    return compute, folder, time.perf_counter() - began
+    try:
+        compute = DaskCompute(str(started.scheduler_file))
+        try:
+            began = time.perf_counter()
+            compute.client.run(*warm_up)
+            yield compute, time.perf_counter() - began
+        finally:
+            compute.close()
+    finally:
+        stop_cluster(folder)
 
 
 def _worker_peak_rss_mib(compute) -> list[float]:
@@ -108,11 +120,9 @@ def _embed_once(work: Path, data: Path, workers: int, repeat: int, image_size: i
     from bilaf.features import embed_pool
     from bilaf.features import embeddings as embedding_module
 
-    compute, folder, warm = _computes(
-        work, workers, (embedding_module.load_process_backbone, "tf_efficientnet_lite0", "packaged")
-    )
     out = work / f"out-{workers}-{repeat}"
-    try:
+    warm_up = (embedding_module.load_process_backbone, "tf_efficientnet_lite0", "packaged")
+    with _setting(work, workers, warm_up) as (compute, warm):
         started = time.perf_counter()
         info = embed_pool(
             data,
@@ -124,10 +134,6 @@ def _embed_once(work: Path, data: Path, workers: int, repeat: int, image_size: i
         )
         seconds = time.perf_counter() - started
         peaks = _worker_peak_rss_mib(compute)
-    finally:
-        compute.close()
-        if folder is not None:
-            stop_cluster(folder)
     return {
         "seconds": seconds,
         "processes": len({(shard.host, shard.pid) for shard in info.shards}),
@@ -176,9 +182,8 @@ def activeft_rows(work: Path, n_items: int, dim: int, anchors: int, iterations: 
     source = FeatureRows.of_file(path)
     rows, reference = [], None
     for name, workers in SETTINGS:
-        compute, folder, warm = _computes(work, workers, (importlib.import_module, "bilaf.selection"))
         steps: list[float] = []
-        try:
+        with _setting(work, workers, (importlib.import_module, "bilaf.selection")) as (compute, warm):
             with reporting_progress(
                 lambda event: steps.append(time.perf_counter()) if event.task == "ActiveFT" else None
             ):
@@ -186,10 +191,6 @@ def activeft_rows(work: Path, n_items: int, dim: int, anchors: int, iterations: 
                 cores = select_cores(source, anchors, "activeft", seed=0, n_iterations=iterations, compute=compute)
                 total = time.perf_counter() - started
             peaks = _worker_peak_rss_mib(compute)
-        finally:
-            compute.close()
-            if folder is not None:
-                stop_cluster(folder)
         picks = cores.indices.tolist()
         reference = reference or picks
         later = np.diff(steps[1:]) if len(steps) > 2 else np.array([total])

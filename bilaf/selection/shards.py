@@ -70,12 +70,13 @@ class FeatureRows:
     def _matrix(self) -> np.ndarray:
         if self.array is not None:
             return self.array
-        if not Path(self.path).is_file():  # e.g. a Dask worker on a host without the project's folder
+        try:
+            return np.load(self.path, mmap_mode="r")
+        except FileNotFoundError:  # e.g. a Dask worker on a host without the project's folder
             raise MissingFileError(
                 f"{self.path} is missing on {socket.gethostname()}: on a cluster every worker reads the "
                 "features file at the driver's path (put the project on a filesystem every worker mounts there)"
-            )
-        return np.load(self.path, mmap_mode="r")
+            ) from None
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (in selection order) as a C-contiguous float32/float64 array."""
