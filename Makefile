@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: env run test test-heavy test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status
+.PHONY: env run test test-heavy test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status team-up team-down team-status postgres-server
 
 env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST) $(DAGSTER_HOME)/dagster.yaml
 
@@ -69,10 +69,10 @@ format: env
 	$(BIN)/ruff format .
 
 # The heavy tier: a real Dask cluster, the real backbone's finetune, Label Studio's round trip.
-test-heavy: env label-studio-env
+test-heavy: env label-studio-env postgres-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m heavy $(PYTEST_ARGS)
 
-test-all: env label-studio-env
+test-all: env label-studio-env postgres-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: env
@@ -93,6 +93,24 @@ cluster-down: env
 
 cluster-status: env
 	$(BIN)/bilaf cluster status
+
+# A team's services on this machine, bound to 127.0.0.1, data in .team/ (README "Running it for a team"):
+# Postgres, a SeaweedFS S3 store, an MLflow server, the Dagster webserver and daemon, a Dask cluster.
+# `source .team/team.env` then points bilaf, dvc and mlflow at them.
+team-up: env postgres-server
+	$(BIN)/bilaf team up
+
+team-down: env
+	$(BIN)/bilaf team down
+
+team-status: env
+	$(BIN)/bilaf team status
+
+# PostgreSQL's server programs (initdb, pg_ctl) from Debian when they are missing.
+postgres-server:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get install -y -q postgresql-15 >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q postgresql-15 >/dev/null; }; }
 
 # Label Studio (the annotators' tool) in its own venv, for its round-trip test (`make test-heavy`)
 # and for annotation teams running it locally.

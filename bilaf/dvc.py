@@ -3,6 +3,7 @@ DVC resource, `bilaf ingest` and `bilaf labels import`."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -81,45 +82,85 @@ def stage_dependency_hashes(root: Path, stage: str) -> dict[str, str]:
     return {dep["path"]: md5_of(dep) for dep in locked_stage(root, stage).get("deps", [])}
 
 
-def default_remote(root: Path) -> tuple[str, str | None] | None:
-    """The project's default DVC remote as (name, url), or None when none is configured."""
+REMOTE_ENV = "BILAF_DVC_REMOTE"  # the remote runs push to and read from (written by `make team-up`)
+
+
+def project_remote(root: Path) -> tuple[str, str | None, str | None] | None:
+    """The DVC remote of the project's runs as (name, url, endpoint url): $BILAF_DVC_REMOTE if set,
+    else the default remote; None when neither is configured."""
     import configparser
 
     config = configparser.ConfigParser()
     config.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
-    remote = config.get("core", "remote", fallback=None)
+    remote = os.environ.get(REMOTE_ENV) or config.get("core", "remote", fallback=None)
     if remote is None:
         return None
     # DVC writes the section as ['remote "name"'] (quotes included), hand-written configs as [remote "name"].
-    url = next(
-        (
-            config.get(section, "url")
-            for section in (f"'remote \"{remote}\"'", f'remote "{remote}"')
-            if config.has_option(section, "url")
-        ),
-        None,
-    )
-    return remote, url
+    sections = [s for s in (f"'remote \"{remote}\"'", f'remote "{remote}"') if config.has_section(s)]
+    if not sections:
+        raise InvalidInputError(
+            f"DVC remote {remote!r} (${REMOTE_ENV} or core.remote) is not configured in {root}/.dvc"
+        )
+    return remote, config.get(sections[0], "url", fallback=None), config.get(sections[0], "endpointurl", fallback=None)
+
+
+def push(root: Path, target: str) -> None:
+    """`dvc push TARGET` to the project's remote (see `project_remote`), if it has one."""
+    remote = project_remote(root)
+    if remote is not None:
+        run_dvc(root, "push", "-q", "-r", remote[0], target)
 
 
 def _store_roots(root: Path) -> list[Path]:
     """Where DVC keeps objects: the project's cache, then its default remote if that is a folder."""
     root = Path(root)
     stores = [root / ".dvc" / "cache"]
-    remote = default_remote(root)
+    remote = project_remote(root)
     if remote is not None and remote[1] and "://" not in remote[1]:
         stores.append((root / ".dvc" / remote[1]).resolve())
     return stores
 
 
 def find_object(root: Path, md5: str) -> Path | None:
-    """The stored object of a file or folder (``<md5>.dir``) hash, in the cache or the local remote."""
+    """The stored object of a file or folder (``<md5>.dir``) hash: in the cache or a folder remote,
+    else fetched into the cache from the project's remote (S3 and any other DVC remote)."""
+    found = _stored_locally(root, md5)
+    if found is None and project_remote(root) is not None:
+        _fetch(root, md5)
+        found = _stored_locally(root, md5)
+    return found
+
+
+def _stored_locally(root: Path, md5: str) -> Path | None:
     name = md5.removesuffix(".dir")
     for store in _store_roots(root):
         path = store / "files" / "md5" / name[:2] / (name[2:] + (".dir" if md5.endswith(".dir") else ""))
         if path.is_file():
             return path
     return None
+
+
+def _fetch(root: Path, md5: str) -> None:
+    """`dvc fetch` one version by its hash into the cache (a folder's listing and files), through a
+    scratch .dvc file naming it: DVC's own transfer code, for whatever the remote is."""
+    import tempfile
+
+    remote = project_remote(root)
+    scratch = Path(tempfile.mkdtemp(prefix=".bilaf-fetch-", dir=root))
+    try:
+        (scratch / "version.dvc").write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": "version", "hash": "md5"}]}))
+        completed = subprocess.run(
+            [dvc_executable(), "fetch", "-q", "-r", remote[0], str(scratch / "version.dvc")],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        if completed.returncode != 0 and "missing" not in (completed.stderr + completed.stdout).lower():
+            raise RuntimeError(
+                f"`dvc fetch` of version {md5} from remote {remote[0]!r} failed: {completed.stderr.strip()}"
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def restore(root: Path, md5: str, target: Path, only: set[str] | None = None) -> None:
@@ -132,7 +173,7 @@ def restore(root: Path, md5: str, target: Path, only: set[str] | None = None) ->
     listing = find_object(root, md5)
     if listing is None:
         raise InvalidInputError(
-            f"DVC version {md5} is in neither the cache nor the default remote of {root} "
+            f"DVC version {md5} is in neither the cache nor the remote of {root} "
             "(was `dvc gc` run, or the remote not pulled?)"
         )
     target = Path(target)

@@ -146,18 +146,22 @@ def running(folder: Path) -> dict[str, int] | None:
     if not pids_file.is_file():
         return None
     pids = json.loads(pids_file.read_text())
-    alive = {name: pid for name, pid in pids.items() if _alive(pid)}
+    alive = {name: pid for name, pid in pids.items() if process_alive(pid)}
     return alive or None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a child of this process that exited is reaped, not 'alive')."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:  # not this process's child
+        return True
 
 
 def stop_cluster(folder: Path, timeout_s: float = 20.0) -> list[str]:
@@ -168,7 +172,7 @@ def stop_cluster(folder: Path, timeout_s: float = 20.0) -> list[str]:
         return []
     stopped = []
     for name, pid in sorted(json.loads(pids_file.read_text()).items(), key=lambda item: item[0] != "workers"):
-        if not _alive(pid):
+        if not process_alive(pid):
             continue
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -176,23 +180,14 @@ def stop_cluster(folder: Path, timeout_s: float = 20.0) -> list[str]:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + timeout_s / 2
-            while _alive(pid) and time.monotonic() < deadline:
-                _reap(pid)
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if not _alive(pid):
+            if not process_alive(pid):
                 break
         stopped.append(f"{name} (pid {pid})")
     pids_file.unlink(missing_ok=True)
     (folder / SCHEDULER_FILE).unlink(missing_ok=True)
     return stopped
-
-
-def _reap(pid: int) -> None:
-    """Collect a child that exited (a stopped child of this process is otherwise a zombie, 'alive')."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def status(folder: Path) -> str:

@@ -10,7 +10,7 @@ import sys
 from bilaf.errors import BilafError
 
 # sub-command name -> module under dagster_project.cli defining `register(subparsers)`.
-_COMMAND_MODULES = ("data", "embed", "select", "pipeline", "labels", "cluster")
+_COMMAND_MODULES = ("data", "embed", "select", "pipeline", "labels", "cluster", "team")
 
 
 def build_parser() -> argparse.ArgumentParser:

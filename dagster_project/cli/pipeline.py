@@ -5,6 +5,7 @@ every round, verified against its records) and `bilaf reproduce RUN` (re-run a r
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="materialize, through Dagster, every stage that is missing or stale "
         "(a new annotation round when new images or labels arrived)",
+    )
+    run.add_argument(
+        "--queue",
+        action="store_true",
+        help="submit the run to the team's Dagster ($BILAF_DAGSTER_URL, written by `make team-up`): its daemon "
+        "launches it when no other run is in progress",
     )
     run.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     run.set_defaults(handler=_run)
@@ -180,7 +187,9 @@ def _run(args: argparse.Namespace) -> int:
     from bilaf.stages import check_budget, check_compute
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
-    from dagster_project.defs.tracking import close_abandoned_runs, process_tags
+    from dagster_project.defs.resources import push_pending
+    from dagster_project.defs.tracking import DAGSTER_URL_ENV, close_abandoned_runs, process_tags
+    from dagster_project.team import check_services
 
     root = args.project.resolve()
     project_dagster_home(root)
@@ -189,11 +198,17 @@ def _run(args: argparse.Namespace) -> int:
     params = project.params()  # invalid parameters stop here, before any compute
     check_budget(project.paths, params)
     check_compute(project.paths, params)  # so does a Dask scheduler that cannot be reached
+    check_services(root, defs.resources["mlflow"].resolved_tracking_uri())  # and a shared service that is down
+    webserver = os.environ.get(DAGSTER_URL_ENV)
+    if args.queue and not webserver:
+        raise InvalidInputError(f"--queue needs the team's Dagster webserver in ${DAGSTER_URL_ENV} (`make team-up`)")
     with project_lock(root, "bilaf run"), dg.DagsterInstance.get() as instance:
         for stage in STAGES:
             remove_leftovers(project.paths.output(stage))
         for line in close_abandoned_runs(instance, defs.resources["mlflow"]):
             print(line)
+        for target in push_pending(root):
+            print(f"Pushed {target} to the DVC remote (an earlier push had failed).")
         running = refresh_in_flight(instance)
         if running is not None:
             raise InvalidInputError(
@@ -208,12 +223,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Round {round_number}. Observing: {', '.join(k.to_user_string() for k in plan.observe) or '(none)'}")
         for stage in plan.stages:
             print(f"  {stage}: {plan.reasons[stage]}")
+        tags = {"bilaf/trigger": "cli", "bilaf/round": str(round_number)}
+        if args.queue:
+            run_id = _submit(webserver, plan.asset_keys, tags)
+            print(f"Queued run {run_id}: the team's daemon launches it. Follow it: {webserver}/runs/{run_id}")
+            return 0
         started = time.perf_counter()
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance,
             asset_selection=plan.asset_keys,
             raise_on_error=False,
-            tags={"bilaf/trigger": "cli", "bilaf/round": str(round_number), **process_tags()},
+            tags={**tags, **process_tags()},
         )
         try:
             defs.resources["mlflow"].finish_dagster_run(result.run_id, result.success)
@@ -232,6 +252,23 @@ def _run(args: argparse.Namespace) -> int:
         + " Dagster UI: `make ui`; MLflow: `make mlflow-ui`."
     )
     return 0
+
+
+def _submit(webserver: str, asset_keys: list, tags: dict[str, str]) -> str:
+    """Submit a run of ``asset_keys`` to the Dagster webserver at ``webserver``: its run queue and
+    daemon launch it (Dagster's GraphQL client, the public API for this)."""
+    from urllib.parse import urlparse
+
+    from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+
+    url = urlparse(webserver)
+    client = DagsterGraphQLClient(
+        url.hostname, port_number=url.port, use_https=url.scheme == "https", path_prefix=url.path.rstrip("/")
+    )
+    try:
+        return client.submit_job_execution("__ASSET_JOB", asset_selection=asset_keys, tags=tags)
+    except DagsterGraphQLClientError as error:
+        raise InvalidInputError(f"the Dagster webserver at {webserver} refused the run: {error}") from None
 
 
 def _summary(paths) -> str:

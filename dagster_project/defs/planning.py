@@ -126,11 +126,19 @@ def dvc_changes(paths: ProjectPaths, *targets: str) -> dict[str, str]:
 
 
 def plan_refresh(instance: dg.DagsterInstance, paths: ProjectPaths, params: Params) -> RefreshPlan:
-    """Sources to observe and stages to materialize now, each stage with its reason."""
+    """Sources to observe and stages to materialize now, each stage with its reason.
+
+    `dvc status` is asked first and params.yaml read after it, so an edit made while planning is
+    seen by both or by the versions alone: a stage is never planned for a change that the run does
+    not also observe (the daemon's sensor once planned a penalty change from DVC's view alone)."""
+    from bilaf.config import load_params
+
+    disk = dvc_changes(paths)
+    if paths.params.is_file():
+        params = load_params(paths.params)
     versions = current_versions(paths, params)
     last = {key: observed(instance, key) for key in versions}
     observe = [key for key, version in versions.items() if last[key] is None or last[key]["version"] != version]
-    disk = dvc_changes(paths)
     for source, folder in SOURCE_PATHS.items():  # a source folder changed in place: observing re-records it
         if f"{folder}.dvc" in disk and source_key(source) not in observe:
             observe.append(source_key(source))

@@ -1,11 +1,13 @@
 """Sensor: one run for each change of params.yaml, the pool, the labels or the code.
 
 The run key is the hash of every input version (not of the plan, which shrinks while a run
-proceeds), so one change launches one run; and nothing is launched while a run of this project is
-queued or running, so no two runs write the same artifacts.
+proceeds), so one change launches one run (again, under a new key, when that run failed); and
+nothing is launched while a run of this project is queued or running, so no two runs write the same
+artifacts.
 """
 
 import logging
+import os
 
 import dagster as dg
 
@@ -14,8 +16,10 @@ from bilaf.stages import check_budget, check_compute
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
 from dagster_project.defs.tracking import MlflowResource, close_abandoned_runs
+from dagster_project.team import check_services
 
 REFRESH_TAGS = {"bilaf/trigger": "refresh"}
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster 1.13 gives a sensor's run (dagster._core.storage.tags)
 
 
 def refresh_request(
@@ -33,6 +37,8 @@ def refresh_request(
         return dg.SkipReason(f"params.yaml is invalid, nothing launched: {error}")
     try:
         check_compute(project.paths, params)
+        if mlflow is not None:
+            check_services(project.paths.root, mlflow.resolved_tracking_uri())
     except BilafError as error:
         return dg.SkipReason(f"nothing launched: {error}")
     if mlflow is not None:
@@ -51,8 +57,16 @@ def refresh_request(
         return dg.SkipReason(f"cannot plan a run: {error}")
     if not plan:
         return dg.SkipReason("params.yaml, the pool, the labels and the code are unchanged since the last run")
+    # The daemon launches one run per run key, ever: a run of these inputs that failed (killed, a
+    # service down) is retried under the next key, or the sensor would wait for the inputs to change.
+    run_key, attempt = plan.inputs_key, 0
+    while instance.get_runs_count(
+        dg.RunsFilter(tags={RUN_KEY_TAG: run_key}, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED])
+    ):
+        attempt += 1
+        run_key = f"{plan.inputs_key}-{attempt}"
     return dg.RunRequest(
-        run_key=plan.inputs_key,
+        run_key=run_key,
         asset_selection=plan.asset_keys,
         tags={
             **REFRESH_TAGS,
@@ -63,7 +77,7 @@ def refresh_request(
 
 
 @dg.sensor(
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=int(os.environ.get("BILAF_SENSOR_INTERVAL_S", "30")),
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=dg.AssetSelection.all(include_sources=True),
     description="Watches params.yaml, the data source, the pool, the labels and the code; launches one run "

@@ -27,6 +27,8 @@ REGISTERED_MODEL = "bilaf-finetuned"
 OUTPUT_MANIFEST = "output_manifest.json"
 LOGGED_LIMIT = 20 * 2**20  # files above this size are hashed but not copied to MLflow (DVC keeps them)
 PID_TAG, HOST_TAG = "bilaf/pid", "bilaf/host"
+MLFLOW_UI_URL, DAGSTER_UI_URL = "http://127.0.0.1:5000", "http://127.0.0.1:3000"  # `make mlflow-ui`, `make ui`
+DAGSTER_URL_ENV = "BILAF_DAGSTER_URL"  # the team's Dagster webserver (written by `make team-up`)
 # Where MLflow 3.17's SQL store keeps artifact locations (the tracking API cannot change them).
 _ARTIFACT_COLUMNS = (
     ("experiments", "artifact_location"),
@@ -74,8 +76,10 @@ def embedded_database(uri: str) -> Path | None:
 
 
 def tracking_client(uri: str):
-    """An MLflow client of ``uri`` (telemetry off, as everywhere in this project)."""
+    """An MLflow client of ``uri`` (telemetry off, as everywhere in this project; no progress bars
+    redrawn into logs and answers for each artifact it reads)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=uri)
@@ -87,13 +91,14 @@ def canonical_sha256(payload: Any) -> str:
 
 class MlflowResource(dg.ConfigurableResource):
     """The project's MLflow store: by default SQLite + artifacts under its `mlflow/` folder;
-    MLFLOW_TRACKING_URI points it at a real `mlflow server` instead. ``ui_url`` and
-    ``dagster_ui_url`` are where links point (`make mlflow-ui`, `make ui`)."""
+    MLFLOW_TRACKING_URI points it at a real `mlflow server` instead. Links point to ``ui_url``
+    (default: that server, else `make mlflow-ui`) and ``dagster_ui_url`` (default:
+    $BILAF_DAGSTER_URL, the team's webserver, else `make ui`)."""
 
     root: str
     tracking_uri: str | None = None
-    ui_url: str = "http://127.0.0.1:5000"
-    dagster_ui_url: str = "http://127.0.0.1:3000"
+    ui_url: str | None = None
+    dagster_ui_url: str | None = None
 
     def resolved_tracking_uri(self) -> str:
         return project_tracking_uri(Path(self.root), self.tracking_uri)
@@ -117,10 +122,13 @@ class MlflowResource(dg.ConfigurableResource):
         return experiment.experiment_id
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+        uri = self.resolved_tracking_uri()
+        base = self.ui_url or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else MLFLOW_UI_URL)
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def dagster_run_url(self, dagster_run_id: str) -> str:
-        return f"{self.dagster_ui_url}/runs/{dagster_run_id}"
+        base = self.dagster_ui_url or os.environ.get(DAGSTER_URL_ENV) or DAGSTER_UI_URL
+        return f"{base.rstrip('/')}/runs/{dagster_run_id}"
 
     def _parent_run_id(self, client, experiment_id: str, context) -> str:
         dagster_run_id = context.run.run_id

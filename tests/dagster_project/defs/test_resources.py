@@ -10,7 +10,7 @@ import yaml
 from pipeline.conftest import BIN, TINY_PARAMS, run, write_params
 
 from bilaf.errors import BilafError
-from dagster_project.defs.resources import DvcResource, ProjectResource
+from dagster_project.defs.resources import DvcResource, ProjectResource, RemoteUnavailableError, push_pending
 from dagster_project.defs.tracking import (
     EXPERIMENT_NAME,
     OUTPUT_MANIFEST,
@@ -71,6 +71,36 @@ def test_dvc_resource_records_a_stage_and_a_source_and_pushes_them(dvc_project):
     assert dvc.track_source("source") == source_md5  # unchanged: the same version
     (dvc_project / "source" / "b.txt").write_text("b\n")
     assert dvc.track_source("source") != source_md5
+
+
+def test_a_refused_push_fails_naming_the_remote_and_the_next_push_sends_it(dvc_project):
+    """The remote is unusable (its folder is a file): the commit is kept locally, the error names
+    the remote, and once it works again the next push sends what was missed before its own target."""
+    storage = dvc_project / ".dvc-storage"
+    storage.write_text("not a folder\n")
+    dvc = DvcResource(root=str(dvc_project))
+    with pytest.raises(
+        RemoteUnavailableError,
+        match=r"DVC push of copy to remote 'local' \(.*\.dvc-storage\) failed; the next run pushes it",
+    ):
+        dvc.commit_stage("copy")
+    out_md5 = dvc.stage_output_hash("copy")
+    assert _stored(dvc_project / ".dvc" / "cache", out_md5).is_file()  # recorded, not lost
+    storage.unlink()
+    assert push_pending(dvc_project) == ["copy"]
+    assert _stored(storage, out_md5).is_file()
+    assert push_pending(dvc_project) == []  # nothing left pending
+
+
+def test_runs_push_to_the_remote_bilaf_dvc_remote_names(dvc_project, monkeypatch):
+    other = dvc_project / ".other-storage"
+    run([str(BIN / "dvc"), "remote", "add", "--local", "other", str(other)], dvc_project)
+    monkeypatch.setenv("BILAF_DVC_REMOTE", "other")
+    out_md5 = DvcResource(root=str(dvc_project)).commit_stage("copy")
+    assert _stored(other, out_md5).is_file() and not _stored(dvc_project / ".dvc-storage", out_md5).exists()
+    monkeypatch.setenv("BILAF_DVC_REMOTE", "nowhere")
+    with pytest.raises(BilafError, match="DVC remote 'nowhere' .* is not configured"):
+        DvcResource(root=str(dvc_project)).commit_stage("copy")
 
 
 def test_dvc_resource_without_push_keeps_versions_local(dvc_project):

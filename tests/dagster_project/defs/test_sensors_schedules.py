@@ -9,7 +9,7 @@ import sys
 
 import dagster as dg
 import pytest
-from pipeline.conftest import TINY_PARAMS, write_params
+from pipeline.conftest import TINY_PARAMS, free_port, write_params
 
 from bilaf.config import Params, load_params
 from bilaf.stages import STAGES, ProjectPaths, lineage_params
@@ -24,7 +24,7 @@ from dagster_project.defs.planning import (
 )
 from dagster_project.defs.resources import ProjectResource
 from dagster_project.defs.schedules import nightly_refresh
-from dagster_project.defs.sensors import REFRESH_TAGS, refresh_sensor
+from dagster_project.defs.sensors import REFRESH_TAGS, RUN_KEY_TAG, refresh_sensor
 from dagster_project.defs.tracking import PID_TAG, MlflowResource, process_tags
 
 EVERY_SOURCE = {params_key(section) for section in Params.section_names()} | {POOL_KEY, source_key("labels")}
@@ -124,6 +124,52 @@ def _noop() -> None:
 def _another_run():
     """A run of another job, to stand for one in flight or one whose process was killed."""
     _noop()
+
+
+def test_a_failed_run_is_retried_under_a_new_run_key_once_per_failure(project_dir, instance, mlflow_store):
+    """The daemon launches a run key once, ever: after the run of these inputs failed, the same
+    inputs must ask again under another key (and a succeeded run's key is asked for again as is)."""
+    first = _sensor(instance, project_dir, mlflow_store)
+    keys = [first.run_key]
+    for _ in range(2):
+        instance.create_run_for_job(_another_run, status=dg.DagsterRunStatus.FAILURE, tags={RUN_KEY_TAG: keys[-1]})
+        retry = _sensor(instance, project_dir, mlflow_store)
+        assert isinstance(retry, dg.RunRequest) and retry.run_key not in keys
+        assert set(retry.asset_selection) == set(first.asset_selection)
+        keys.append(retry.run_key)
+    assert keys == [first.run_key, f"{first.run_key}-1", f"{first.run_key}-2"]
+
+
+def test_a_team_service_that_is_down_is_a_skip_naming_it(project_dir, instance):
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    skip = _sensor(instance, project_dir, address)
+    assert isinstance(skip, dg.SkipReason)
+    assert skip.skip_message == f"nothing launched: the MLflow server at {address} does not answer (`make team-status`)"
+
+
+def test_an_edit_made_while_planning_is_observed_by_the_run_that_applies_it(
+    project_dir, instance, mlflow_store, monkeypatch
+):
+    """params.yaml changes between `dvc status` and the rest of the plan (the sensor is evaluated
+    while a user saves the file): a stage DVC calls stale must come with the observation of its
+    params, or the run applies the edit without recording it and the next tick runs it again."""
+    from dagster_project.defs import planning
+
+    _record_everything_as_current(instance, project_dir)
+
+    def dvc_status_then_an_edit(paths, *targets):
+        params = copy.deepcopy(TINY_PARAMS)
+        params["boundary"]["penalty"] = 1.3
+        write_params(project_dir, params)
+        return {"boundary_set": "params.yaml changed"}
+
+    monkeypatch.setattr(planning, "dvc_changes", dvc_status_then_an_edit)
+    request = _sensor(instance, project_dir, mlflow_store)
+    assert isinstance(request, dg.RunRequest)
+    assert params_key("boundary") in request.asset_selection
+    assert {key.to_user_string() for key in request.asset_selection if key != params_key("boundary")} == set(
+        AFTER_BOUNDARY
+    )
 
 
 def test_a_run_in_flight_holds_the_next_one_back(project_dir, instance, mlflow_store):
