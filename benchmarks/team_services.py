@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
 from bilaf.config import Params  # noqa: E402
-from dagster_project.team import service_environment, start_team, stop_team  # noqa: E402
+from dagster_project.team import service_environment, start_team, stop_refresh_sensor, stop_team  # noqa: E402
 
 
 def _project(root: Path, params: dict) -> Path:
@@ -92,31 +92,17 @@ def main() -> None:
     }
     base_env.pop("MLFLOW_TRACKING_URI", None)
     embedded, team = _project(work / "embedded", params), _project(work / "team", params)
-    started = time.perf_counter()
-    services = start_team(team, cluster=False)
-    startup = time.perf_counter() - started
-    try:
+    try:  # also when a service fails to start: what did start is stopped
+        started = time.perf_counter()
+        services = start_team(team, cluster=False)
+        startup = time.perf_counter() - started
         # The team's sensor is stopped: the runs measured here are the ones this script starts.
         team_env = {
             **base_env,
             **service_environment(services.folder, services.ports, False),
             "BILAF_PROJECT_DIR": str(team),
         }
-        subprocess.run(
-            [
-                str(BIN / "dagster"),
-                "sensor",
-                "stop",
-                "refresh_sensor",
-                "-m",
-                "dagster_project.definitions",
-                "-d",
-                str(team),
-            ],
-            env=team_env,
-            check=True,
-            capture_output=True,
-        )
+        stop_refresh_sensor(team, team_env)
         sides = {
             "embedded (SQLite, local folder)": (
                 embedded,
@@ -145,7 +131,7 @@ def main() -> None:
         shutil.rmtree(team / ".dvc" / "cache")
         fetch = _timed([dvc, "fetch", "-q", "-r", "bench", "data.dvc"], team, team_env)
     finally:
-        stop_team(services.folder)
+        stop_team(team / ".team")
     print(f"\n`bilaf team up` from nothing (no Dask cluster): {startup:.1f} s\n")
     print(f"Pool: {args.train_size} train + {args.test_size} test images; every time is one run's wall clock.\n")
     print("| Stores | first run (s) | no-change run (s) | penalty 1.1 -> 1.3 (s) |")

@@ -104,11 +104,9 @@ def project_remote(root: Path) -> tuple[str, str | None, str | None] | None:
     return remote, config.get(sections[0], "url", fallback=None), config.get(sections[0], "endpointurl", fallback=None)
 
 
-def push(root: Path, target: str) -> None:
-    """`dvc push TARGET` to the project's remote (see `project_remote`), if it has one."""
-    remote = project_remote(root)
-    if remote is not None:
-        run_dvc(root, "push", "-q", "-r", remote[0], target)
+def push(root: Path, remote: str, target: str) -> None:
+    """`dvc push TARGET` to the DVC remote named ``remote`` (the project's: see `project_remote`)."""
+    run_dvc(root, "push", "-q", "-r", remote, target)
 
 
 def _store_roots(root: Path) -> list[Path]:
@@ -125,8 +123,9 @@ def find_object(root: Path, md5: str) -> Path | None:
     """The stored object of a file or folder (``<md5>.dir``) hash: in the cache or a folder remote,
     else fetched into the cache from the project's remote (S3 and any other DVC remote)."""
     found = _stored_locally(root, md5)
-    if found is None and project_remote(root) is not None:
-        _fetch(root, md5)
+    remote = project_remote(root) if found is None else None
+    if remote is not None:
+        _fetch(root, remote[0], md5)
         found = _stored_locally(root, md5)
     return found
 
@@ -140,24 +139,23 @@ def _stored_locally(root: Path, md5: str) -> Path | None:
     return None
 
 
-def _fetch(root: Path, md5: str) -> None:
+def _fetch(root: Path, remote: str, md5: str) -> None:
     """`dvc fetch` one version by its hash into the cache (a folder's listing and files), through a
     scratch .dvc file naming it: DVC's own transfer code, for whatever the remote is."""
     import tempfile
 
-    remote = project_remote(root)
     scratch = Path(tempfile.mkdtemp(prefix=".bilaf-fetch-", dir=root))
     try:
         (scratch / "version.dvc").write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": "version", "hash": "md5"}]}))
         completed = subprocess.run(
-            [dvc_executable(), "fetch", "-q", "-r", remote[0], str(scratch / "version.dvc")],
+            [dvc_executable(), "fetch", "-q", "-r", remote, str(scratch / "version.dvc")],
             cwd=root,
             capture_output=True,
             text=True,
         )
         if completed.returncode != 0 and "missing" not in (completed.stderr + completed.stdout).lower():
             raise RuntimeError(
-                f"`dvc fetch` of version {md5} from remote {remote[0]!r} failed: {completed.stderr.strip()}"
+                f"`dvc fetch` of version {md5} from remote {remote!r} failed: {completed.stderr.strip()}"
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -164,6 +164,34 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def stop_process_group(pid: int, timeout_s: float = 20.0) -> bool:
+    """SIGTERM the process group led by ``pid``, SIGKILL what is left of it after ``timeout_s``/2
+    (a child such as the Dagster daemon's code server can outlive its leader); False if ``pid`` was
+    not running."""
+    if not process_alive(pid):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout_s / 2
+        while _group_alive(pid) and time.monotonic() < deadline:
+            process_alive(pid)  # reaps the leader if it is this process's child
+            time.sleep(0.1)
+        if not _group_alive(pid):
+            break
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_cluster(folder: Path, timeout_s: float = 20.0) -> list[str]:
     """Stop the cluster of ``folder`` (workers first), each process group by PID; what was stopped."""
     folder = Path(folder)
@@ -172,19 +200,8 @@ def stop_cluster(folder: Path, timeout_s: float = 20.0) -> list[str]:
         return []
     stopped = []
     for name, pid in sorted(json.loads(pids_file.read_text()).items(), key=lambda item: item[0] != "workers"):
-        if not process_alive(pid):
-            continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + timeout_s / 2
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if not process_alive(pid):
-                break
-        stopped.append(f"{name} (pid {pid})")
+        if stop_process_group(pid, timeout_s):
+            stopped.append(f"{name} (pid {pid})")
     pids_file.unlink(missing_ok=True)
     (folder / SCHEDULER_FILE).unlink(missing_ok=True)
     return stopped

@@ -20,7 +20,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from urllib.parse import urlparse
 
 from bilaf.dvc import REMOTE_ENV as DVC_REMOTE_ENV
 from bilaf.errors import BilafError, InvalidInputError
-from dagster_project.cluster import process_alive
+from dagster_project.cluster import process_alive, stop_process_group
 from dagster_project.defs.tracking import DAGSTER_URL_ENV
 
 DEFAULT_FOLDER = ".team"  # also the command line's default (dagster_project.cli.team)
@@ -435,12 +434,6 @@ def start_team(root: Path, folder: Path | None = None, cluster: bool = True, tim
     return TeamServices(folder, ports, cluster)
 
 
-def _postgres_up(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(1)
-        return probe.connect_ex((HOST, port)) == 0
-
-
 def _http_ok(url: str, timeout_s: float = 3) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -451,11 +444,24 @@ def _http_ok(url: str, timeout_s: float = 3) -> bool:
 
 def _bucket_ready(env: dict[str, str]) -> bool:
     """The object store answers and holds the team's bucket (created on first start)."""
+    import configparser
+
     import boto3
+    import botocore.config
     import botocore.exceptions
 
-    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    client = boto3.client("s3", config=botocore.config.Config(connect_timeout=2, retries={"max_attempts": 1}))
+    credentials = configparser.ConfigParser()
+    credentials.read(env["AWS_SHARED_CREDENTIALS_FILE"])
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=credentials["default"]["aws_access_key_id"],
+        aws_secret_access_key=credentials["default"]["aws_secret_access_key"],
+        config=botocore.config.Config(
+            connect_timeout=2, retries={"max_attempts": 1}, request_checksum_calculation="when_required"
+        ),
+    )
     try:
         client.head_bucket(Bucket=BUCKET)
         return True
@@ -495,19 +501,19 @@ def _wait_until(
         time.sleep(0.5)
 
 
-def running(folder: Path) -> dict[str, int]:
-    """The team's services of ``folder`` that run now, by name (Postgres by its port)."""
+def running(folder: Path) -> set[str]:
+    """The names of the team's services of ``folder`` that run now (Postgres: its port answers)."""
     state_file = Path(folder) / _STATE
     if not state_file.is_file():
-        return {}
+        return set()
     state = json.loads(state_file.read_text())
-    alive = {name: pid for name, pid in state["pids"].items() if process_alive(pid)}
+    alive = {name for name, pid in state["pids"].items() if process_alive(pid)}
     from dagster_project.cluster import running as cluster_running
 
     if cluster_running(Path(folder) / "cluster"):
-        alive["cluster"] = 0
-    if _postgres_up(state["ports"]["postgres"]):
-        alive["postgres"] = 0
+        alive.add("cluster")
+    if _reachable(HOST, state["ports"]["postgres"]):
+        alive.add("postgres")
     return alive
 
 
@@ -521,30 +527,8 @@ def stop_service(folder: Path, name: str, timeout_s: float = 20.0) -> bool:
         from dagster_project.cluster import stop_cluster
 
         return bool(stop_cluster(folder / "cluster"))
-    state = json.loads((folder / _STATE).read_text())
-    pid = state["pids"].get(name)
-    if pid is None or not process_alive(pid):
-        return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):  # the whole group: e.g. the daemon's code server too
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout_s / 2
-        while _group_alive(pid) and time.monotonic() < deadline:
-            process_alive(pid)  # reaps the leader if it is this process's child
-            time.sleep(0.1)
-        if not _group_alive(pid):
-            break
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    pid = json.loads((folder / _STATE).read_text())["pids"].get(name)
+    return pid is not None and stop_process_group(pid, timeout_s)
 
 
 # Clients first, storage last: nothing writes to a store that is already gone.
@@ -578,18 +562,39 @@ def status(folder: Path) -> str:
     return "\n".join(f"{name}: {'running' if name in alive else 'stopped'} ({urls[name]})" for name in names)
 
 
+def stop_refresh_sensor(root: Path, env: dict[str, str]) -> None:
+    """Stop the refresh sensor in the instance of ``env`` (Dagster's CLI): runs are then only the
+    ones asked for, e.g. while measuring or testing the queue."""
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "sensor",
+            "stop",
+            "refresh_sensor",
+            "-m",
+            "dagster_project.definitions",
+            "-d",
+            str(root),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
 def check_services(root: Path, tracking_uri: str) -> None:
     """Every shared service this project is configured to use answers: the Dagster instance's
     storage, the MLflow server, the DVC remote. ServiceUnavailableError naming the first that does
     not, with its address; nothing for the embedded default (files of the project)."""
+    import yaml
+
     from bilaf import dvc
 
     home = os.environ.get("DAGSTER_HOME")
     config = Path(home) / "dagster.yaml" if home else None
-    if config is not None and config.is_file() and "postgres" in config.read_text():
-        import yaml
-
-        storage = yaml.safe_load(config.read_text())["storage"]["postgres"]["postgres_db"]
+    settings = (yaml.safe_load(config.read_text()) or {}) if config is not None and config.is_file() else {}
+    storage = settings.get("storage", {}).get("postgres", {}).get("postgres_db")
+    if storage is not None:
         host, port = storage["hostname"], int(storage.get("port", 5432))
         if not _reachable(host, port):
             raise ServiceUnavailableError(f"Dagster's Postgres at {host}:{port} does not answer (`make team-status`)")

@@ -90,7 +90,7 @@ def push_pending(root: Path, *targets: str) -> list[str]:
     pushed = []
     try:
         for target in queue:
-            dvc.push(root, target)
+            dvc.push(root, remote[0], target)
             pushed.append(target)
     except RuntimeError as error:
         pending_file.parent.mkdir(parents=True, exist_ok=True)

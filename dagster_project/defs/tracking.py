@@ -22,6 +22,8 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_project.cluster import process_alive
+
 EXPERIMENT_NAME = "bilaf"
 REGISTERED_MODEL = "bilaf-finetuned"
 OUTPUT_MANIFEST = "output_manifest.json"
@@ -210,7 +212,7 @@ def close_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -
     ):
         run = record.dagster_run
         pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
-        if pid is None or host != socket.gethostname() or _alive(int(pid)):
+        if pid is None or host != socket.gethostname() or process_alive(int(pid)):
             continue
         instance.report_run_failed(run, f"the process of this run (pid {pid}) is gone: it was killed")
         # Its step still holds the project's concurrency slot: without this, every later step waits forever.
@@ -246,14 +248,6 @@ def _ended_runs_with_open_parents(instance: dg.DagsterInstance, mlflow: MlflowRe
             ended.append((dagster_run.run_id, dagster_run.status == dg.DagsterRunStatus.SUCCESS))
     return ended
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

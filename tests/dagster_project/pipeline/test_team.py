@@ -24,7 +24,15 @@ import pytest
 import yaml
 
 from bilaf.features import read_manifest
-from dagster_project.team import check_services, running, service_environment, start_team, stop_service, stop_team
+from dagster_project.team import (
+    check_services,
+    running,
+    service_environment,
+    start_team,
+    stop_refresh_sensor,
+    stop_service,
+    stop_team,
+)
 
 from .conftest import BIN, TINY_PARAMS, make_project, run, write_params
 
@@ -52,15 +60,15 @@ def team():
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setenv("BILAF_PROJECT_DIR", str(root))
         patch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-        started_at = time.monotonic()
-        services = start_team(root, cluster=False)
-        services_started_s = time.monotonic() - started_at
-        for key, value in service_environment(services.folder, services.ports, cluster=False).items():
-            patch.setenv(key, value)
-        try:
+        try:  # also when a service fails to start: what did start is stopped
+            started_at = time.monotonic()
+            services = start_team(root, cluster=False)
+            services_started_s = time.monotonic() - started_at
+            for key, value in service_environment(services.folder, services.ports, cluster=False).items():
+                patch.setenv(key, value)
             yield {"root": root, "services": services, "startup_s": services_started_s}
         finally:
-            stop_team(services.folder)
+            stop_team(root / ".team")
             shutil.rmtree(base, ignore_errors=True)
 
 
@@ -192,21 +200,7 @@ def test_two_runs_requested_at_once_are_queued_not_concurrent(team):
     from dagster_graphql import DagsterGraphQLClient
 
     root = team["root"]
-    subprocess.run(
-        [
-            str(BIN / "dagster"),
-            "sensor",
-            "stop",
-            "refresh_sensor",
-            "-m",
-            "dagster_project.definitions",
-            "-d",
-            str(root),
-        ],
-        check=True,
-        capture_output=True,
-        env=os.environ.copy(),
-    )
+    stop_refresh_sensor(root, os.environ.copy())
     before = len(_runs())
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluation"]["knn_k"] = 7
