@@ -141,7 +141,7 @@ class LocalCompute(Compute):
                 yield position, task.function(*task.args)
             return
         with torch_threads(1):
-            pool = ThreadPoolExecutor(max(1, self.threads))
+            pool = ThreadPoolExecutor(max(1, self.threads), initializer=_one_torch_thread_here)
             try:
                 running = {pool.submit(task.function, *task.args): position for position, task in enumerate(tasks)}
                 for future in futures_completed(running):
@@ -373,6 +373,17 @@ def torch_threads(count: int) -> Iterator[None]:
     finally:
         with _threads_lock:
             torch.set_num_threads(before)
+
+
+def _one_torch_thread_here() -> None:
+    """Make the calling thread's OpenMP and MKL calls one-threaded from now on.
+
+    torch applies its thread count to a thread only at that thread's first parallel op; an MKL call
+    before it (e.g. a small matmul on arrays from numpy) runs on MKL's process-wide count, which is
+    the core count here and 1 on a Dask worker (its nanny sets ``MKL_NUM_THREADS=1``). On Intel CPUs
+    some sgemm shapes then give other last bits in process than on a worker.
+    """
+    _torch().set_num_threads(1)
 
 
 _STATE: OrderedDict[str, dict[Any, Any]] = OrderedDict()

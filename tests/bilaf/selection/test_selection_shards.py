@@ -15,7 +15,7 @@ import pytest
 from bilaf import compute as compute_module
 from bilaf.compute import LocalCompute, Task
 from bilaf.errors import InvalidInputError, MissingFileError
-from bilaf.selection import denoise, select, select_cores
+from bilaf.selection import _geometry, denoise, select, select_cores
 from bilaf.selection.shards import MIN_SHARD_ROWS, SHARD_BYTES, FeatureRows, shard_bounds
 
 CASES = {
@@ -139,6 +139,29 @@ def test_selection_tasks_run_with_one_torch_thread_embedding_tasks_with_all():
         assert compute.map(tasks, single_threaded=False) == [2, 2, 2]
         assert sorted(result for _, result in compute.as_completed(tasks)) == [1, 1, 1]
         assert torch.get_num_threads() == 2
+
+
+def test_a_tasks_first_matmul_already_runs_on_one_mkl_thread(capfd):
+    """The rival distances of a boundary task are its first MKL calls. torch sets a thread's MKL
+    count only at its first parallel op, so without a set-up of its own a fresh pool thread ran them
+    on MKL's process-wide count (the cores here, 1 on a Dask worker): on Intel CPUs another sgemm
+    path, other last bits in the written boundary scores (issue 32). MKL says how many threads each
+    call used."""
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("torch without MKL")
+    rng = np.random.default_rng(0)
+    # 10 cores, as in the heavy test that caught it: no op of the task before the sgemm is large
+    # enough to be a parallel op, so nothing but the task's own set-up gives MKL its count
+    points, centres = rng.normal(size=(300, 1280)).astype(np.float32), rng.normal(size=(10, 1280)).astype(np.float32)
+    tasks = [Task(f"rivals-{i}", _geometry.nearest_centres, (points, centres, 2, False)) for i in range(4)]
+    capfd.readouterr()
+    with compute_module.torch_threads(2), torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
+        LocalCompute(threads=2).map(tasks)
+    calls = [line for line in capfd.readouterr().out.splitlines() if line.startswith("MKL_VERBOSE SGEMM")]
+    assert len(calls) == len(tasks)
+    assert [call.rsplit("NThr:", 1)[1].strip() for call in calls] == ["1"] * len(tasks)
 
 
 def test_task_caches_keep_the_latest_runs_only():
