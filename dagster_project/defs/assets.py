@@ -13,6 +13,7 @@ DVC hash of its output.
 
 import base64
 import hashlib
+import platform
 import subprocess
 import warnings
 from pathlib import Path
@@ -223,6 +224,17 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
     return _materialize
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (e.g. "AMD EPYC", "Intel(R) Xeon(R) Processor")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _lineage_tags(
     project: ProjectResource, params: Params, spec: StageSpec, provenance: dict[str, str]
 ) -> dict[str, str]:
@@ -230,13 +242,15 @@ def _lineage_tags(
 
     from bilaf.dvc import tracked_hash
 
-    # What varies across machines: float results depend on the thread count and the CPU's kernels.
+    # What varies across machines: float results depend on the thread count and the CPU's kernels
+    # (its vector width, and MKL's paths, which differ between Intel and AMD CPUs of one width).
     tags = {
         **provenance,
         "code_version": spec.code_version(),
         "backbone": params.features.backbone,
         "torch_threads": str(torch.get_num_threads()),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
         "torch_version": torch.__version__,
     }
     tags.update({f"params_hash:{section}": params.section_hash(section) for section in lineage_params(spec.name)})

@@ -24,7 +24,7 @@ from dagster._core.loader import LoadingContextForTest
 from bilaf.stages import STAGES
 from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
-from dagster_project.defs.assets import PARAMS_SOURCES
+from dagster_project.defs.assets import PARAMS_SOURCES, cpu_model
 from dagster_project.defs.checks import ASSET_CHECKS
 from dagster_project.defs.sensors import refresh_request
 
@@ -286,8 +286,9 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
     assert len(parents) == 1 and set(assets) == ALL_STAGES | {"pool"}  # the pool's observation is logged too
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in assets.values())
     boundary = assets["boundary_set"].data
-    for key in ("git_commit", "backbone", "data_version", "dvc_md5", "params_hash:boundary"):
+    for key in ("git_commit", "backbone", "data_version", "dvc_md5", "params_hash:boundary", "cpu_capability"):
         assert boundary.tags.get(key), key
+    assert boundary.tags["cpu_model"] == cpu_model() != ""  # float bits differ across CPU types (README)
     assert boundary.params["boundary.budget"] == "40"
     assert boundary.metrics["selected"] == 40
     assert parents[0].info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in assets.values())
