@@ -64,10 +64,10 @@ def _project_copy(source: Path, into: Path) -> Path:
     return into
 
 
-def _run(code: Path, project: Path) -> dict[str, float]:
+def _run(code: Path, project: Path, extra_environment: dict[str, str] | None = None) -> dict[str, float]:
     import json
 
-    environment = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
+    environment = {**os.environ, **(extra_environment or {}), "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     print(f"running every stage with the code in {code} ...", file=sys.stderr, flush=True)
     completed = subprocess.run(
         [sys.executable, "-c", RUN_STAGES, str(project)], cwd=code, env=environment, capture_output=True, text=True
