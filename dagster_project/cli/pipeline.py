@@ -249,7 +249,8 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"Run {result.run_id} succeeded in {elapsed:.0f} s. "
         + _summary(project.paths)
-        + " Dagster UI: `make ui`; MLflow: `make mlflow-ui`."
+        + " "
+        + defs.resources["mlflow"].where_to_look()
     )
     return 0
 

@@ -123,14 +123,30 @@ class MlflowResource(dg.ConfigurableResource):
             relocate_artifact_root(database, experiment.artifact_location, location)
         return experiment.experiment_id
 
-    def run_url(self, experiment_id: str, run_id: str) -> str:
+    def served_mlflow_ui(self) -> str | None:
+        """The MLflow UI that already serves this store (``ui_url``, or the tracking server's own
+        address); None for the embedded store, which `make mlflow-ui` serves on demand."""
         uri = self.resolved_tracking_uri()
-        base = self.ui_url or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else MLFLOW_UI_URL)
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        served = self.ui_url or (uri if uri.startswith(("http://", "https://")) else None)
+        return served.rstrip("/") if served else None
+
+    def served_dagster_ui(self) -> str | None:
+        """The Dagster webserver that already runs (``dagster_ui_url`` or $BILAF_DAGSTER_URL, the
+        team's); None when `make ui` starts one on demand."""
+        served = self.dagster_ui_url or os.environ.get(DAGSTER_URL_ENV)
+        return served.rstrip("/") if served else None
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.served_mlflow_ui() or MLFLOW_UI_URL}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def dagster_run_url(self, dagster_run_id: str) -> str:
-        base = self.dagster_ui_url or os.environ.get(DAGSTER_URL_ENV) or DAGSTER_UI_URL
-        return f"{base.rstrip('/')}/runs/{dagster_run_id}"
+        return f"{self.served_dagster_ui() or DAGSTER_UI_URL}/runs/{dagster_run_id}"
+
+    def where_to_look(self) -> str:
+        """Where a person opens the UIs: the addresses that serve them (a team's), else the make
+        targets that start them."""
+        dagster, mlflow_ui = self.served_dagster_ui() or "`make ui`", self.served_mlflow_ui() or "`make mlflow-ui`"
+        return f"Dagster UI: {dagster}; MLflow: {mlflow_ui}."
 
     def _parent_run_id(self, client, experiment_id: str, context) -> str:
         dagster_run_id = context.run.run_id

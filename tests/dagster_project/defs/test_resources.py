@@ -12,6 +12,7 @@ from pipeline.conftest import BIN, TINY_PARAMS, run, write_params
 from bilaf.errors import BilafError
 from dagster_project.defs.resources import DvcResource, ProjectResource, RemoteUnavailableError, push_pending
 from dagster_project.defs.tracking import (
+    DAGSTER_URL_ENV,
     EXPERIMENT_NAME,
     OUTPUT_MANIFEST,
     MlflowResource,
@@ -127,6 +128,19 @@ def test_mlflow_store_precedence_explicit_then_environment_then_embedded(project
     assert embedded_database("http://127.0.0.1:1") is None
     explicit = MlflowResource(root=str(project_dir), tracking_uri="sqlite:///elsewhere.db")
     assert explicit.resolved_tracking_uri() == "sqlite:///elsewhere.db"
+
+
+def test_the_summary_names_the_teams_uis_when_they_serve_and_the_make_targets_otherwise(project_dir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(DAGSTER_URL_ENV, raising=False)
+    embedded = MlflowResource(root=str(project_dir))
+    assert embedded.where_to_look() == "Dagster UI: `make ui`; MLflow: `make mlflow-ui`."
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5123/")  # as `source .team/team.env` sets them
+    monkeypatch.setenv(DAGSTER_URL_ENV, "http://127.0.0.1:3123")
+    team = MlflowResource(root=str(project_dir))
+    assert team.where_to_look() == "Dagster UI: http://127.0.0.1:3123; MLflow: http://127.0.0.1:5123."
+    assert team.run_url("1", "abc") == "http://127.0.0.1:5123/#/experiments/1/runs/abc"
+    assert team.dagster_run_url("r1") == "http://127.0.0.1:3123/runs/r1"
 
 
 def test_mlflow_resource_nests_one_run_per_asset_under_the_dagster_run(project_dir):
