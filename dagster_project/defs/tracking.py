@@ -337,15 +337,26 @@ class AssetRunLogger:
         return manifest
 
     def log_pool(self, manifest, version: str, data_dir: Path) -> None:
-        """The pool (its manifest) as this run's MLflow dataset input, digest = the pool version."""
-        import mlflow.data
+        """The pool as this run's MLflow dataset input: its folder, digest = the pool version, the
+        manifest's schema declared (``label`` may be missing: a folder source has no labels) and its
+        row count as an input tag."""
+        import pandas as pd
+        from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+        from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.types import ColSpec, DataType, Schema
 
-        dataset = mlflow.data.from_pandas(manifest, source=str(data_dir), name="pool", digest=version)
-        self.client.log_inputs(
-            self.run_id,
-            datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "pool")])],
-        )
+        # MLflow registers its local-folder source twice ("" and "file" schemes): resolving a path
+        # string warns that it "can be interpreted in multiple ways". Name the source type instead.
+        source = get_dataset_source_from_json(json.dumps({"uri": str(data_dir)}), source_type="local")
+        columns = []
+        for name in manifest.columns:
+            integer = pd.api.types.is_integer_dtype(manifest[name])
+            nullable = integer and isinstance(manifest[name].dtype, pd.api.extensions.ExtensionDtype)  # Int64
+            columns.append(ColSpec(DataType.long if integer else DataType.string, name, required=not nullable))
+        dataset = MetaDataset(source, name="pool", digest=version, schema=Schema(columns))
+        tags = [InputTag("mlflow.data.context", "pool"), InputTag("rows", str(len(manifest)))]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
 
     def log_pytorch_model(self, model_dir: Path, round_number: int | None) -> str:
         """Log a saved finetuned classifier with mlflow.pytorch (input example, explicit requirements)
@@ -357,7 +368,9 @@ class AssetRunLogger:
         from bilaf.training import load_finetuned
 
         model, metadata = load_finetuned(model_dir)
-        example = np.zeros((1, 3, metadata.image_size, metadata.image_size), dtype=np.float32)
+        # Two rows: with one, the torch.export that MLflow runs on the example fixes the batch
+        # dimension at 1 and logs a warning saying so.
+        example = np.zeros((2, 3, metadata.image_size, metadata.image_size), dtype=np.float32)
         requirements = [
             f"torch=={torch.__version__.split('+')[0]}",
             f"timm=={_version('timm')}",

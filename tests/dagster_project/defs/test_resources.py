@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,7 @@ from dagster_project.defs.tracking import (
     DAGSTER_URL_ENV,
     EXPERIMENT_NAME,
     OUTPUT_MANIFEST,
+    AssetRunLogger,
     MlflowResource,
     embedded_database,
     project_tracking_uri,
@@ -141,6 +143,30 @@ def test_the_summary_names_the_teams_uis_when_they_serve_and_the_make_targets_ot
     assert team.where_to_look() == "Dagster UI: http://127.0.0.1:3123; MLflow: http://127.0.0.1:5123."
     assert team.run_url("1", "abc") == "http://127.0.0.1:5123/#/experiments/1/runs/abc"
     assert team.dagster_run_url("r1") == "http://127.0.0.1:3123/runs/r1"
+
+
+def test_the_pool_is_logged_as_a_dataset_with_its_declared_schema_and_no_warning(project_dir):
+    """The pool's manifest may lack labels (a folder source): `label` is a nullable long; logging it
+    warns about nothing (MLflow hinted at integer columns and at two readings of a path string)."""
+    import json
+
+    import pandas as pd
+
+    client = MlflowResource(root=str(project_dir)).client()
+    run = client.create_run(client.create_experiment("pool-logging"))
+    manifest = pd.DataFrame(
+        {"id": ["a", "b", "c"], "label": pd.array([0, None, 2], dtype="Int64"), "split": ["train"] * 3}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AssetRunLogger(client, run.info.run_id, "http://x").log_pool(manifest, "v123", project_dir / "data")
+    (logged,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest, logged.dataset.source_type) == ("pool", "v123", "local")
+    assert json.loads(logged.dataset.source) == {"uri": str(project_dir / "data")}
+    schema = {column["name"]: column for column in json.loads(logged.dataset.schema)["mlflow_colspec"]}
+    assert schema["label"]["type"] == "long" and schema["label"]["required"] is False
+    assert schema["id"]["type"] == "string" and schema["id"]["required"] is True
+    assert {tag.key: tag.value for tag in logged.tags} == {"mlflow.data.context": "pool", "rows": "3"}
 
 
 def test_mlflow_resource_nests_one_run_per_asset_under_the_dagster_run(project_dir):
