@@ -12,6 +12,7 @@ DVC hash of its output.
 """
 
 import base64
+import functools
 import hashlib
 import platform
 import subprocess
@@ -224,8 +225,10 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
     return _materialize
 
 
+@functools.cache
 def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it (e.g. "AMD EPYC", "Intel(R) Xeon(R) Processor")."""
+    """The CPU's model name as the kernel reports it (e.g. "AMD EPYC", "Intel(R) Xeon(R) Processor"),
+    read once per process (every stage's tags carry it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
