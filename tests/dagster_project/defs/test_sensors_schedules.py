@@ -39,17 +39,21 @@ def _resources(root, mlflow_store: str) -> dict:
 
 
 def _sensor(instance, root, mlflow_store):
-    context = dg.build_sensor_context(instance=instance, resources=_resources(root, mlflow_store))
-    return refresh_sensor(context)
+    # Used as a context manager, as Dagster's docs do with resources: an unclosed context leaves the
+    # instance it opened as Dagster's current defs-state storage until garbage collection closes it,
+    # and a later in-process run in this pytest process then loads definitions through a dead
+    # instance ("Attempted to resolve undefined DagsterInstance weakref").
+    with dg.build_sensor_context(instance=instance, resources=_resources(root, mlflow_store)) as context:
+        return refresh_sensor(context)
 
 
 def _schedule(instance, root, mlflow_store):
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=instance,
         resources=_resources(root, mlflow_store),
         scheduled_execution_time=datetime.datetime(2026, 1, 2, 2, 0, tzinfo=datetime.UTC),
-    )
-    return nightly_refresh(context)
+    ) as context:  # closed here, for the reason in _sensor
+        return nightly_refresh(context)
 
 
 def _record_everything_as_current(instance: dg.DagsterInstance, root) -> None:

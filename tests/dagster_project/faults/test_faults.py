@@ -110,8 +110,9 @@ def test_touching_the_source_files_changes_nothing(faulty, capsys):
         os.utime(file, ns=(time.time_ns(), time.time_ns()))
     _assert_up_to_date(faulty)
     with dg.DagsterInstance.get() as instance:
-        context = dg.build_sensor_context(instance=instance, resources=build_definitions(str(faulty)).resources)
-        assert isinstance(refresh_sensor(context), dg.SkipReason)
+        resources = build_definitions(str(faulty)).resources
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            assert isinstance(refresh_sensor(context), dg.SkipReason)
     assert bilaf(["run", "--project", str(faulty)]) == 0
     assert "up to date" in capsys.readouterr().out
 

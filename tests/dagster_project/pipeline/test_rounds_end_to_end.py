@@ -78,8 +78,9 @@ def _write_annotations(path: Path, ids: list[str], root: Path) -> Path:
 def _request(root: Path):
     """What the refresh sensor decides now, evaluated through Dagster's sensor testing API."""
     with dg.DagsterInstance.get() as instance:
-        context = dg.build_sensor_context(instance=instance, resources=build_definitions(str(root)).resources)
-        return refresh_sensor(context)
+        resources = build_definitions(str(root)).resources
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            return refresh_sensor(context)
 
 
 def _materialized_in_last_run() -> set[str]:
