@@ -249,8 +249,10 @@ def _embed_chunks(
     batch_size: int,
     num_workers: int,
     provenance: dict,
+    shown: bool = True,
 ) -> None:
-    """Embed the items of ``chunks`` and store each chunk as one cache shard, as soon as it is done."""
+    """Embed the items of ``chunks`` and store each chunk as one cache shard, as soon as it is done
+    (``shown`` False: no progress of its own, e.g. one shard of a loop that reports per shard)."""
     ids = [item for chunk in chunks for item in chunk]
     dataset = PoolDataset(
         data_dir,
@@ -272,7 +274,7 @@ def _embed_chunks(
     done_items = 0
     next_chunk = 0
     retain_freed_memory()
-    steps = Progress(loader, f"embed {len(ids)} images with {backbone.name}, {batch_size} per step")
+    steps = Progress(loader, f"embed {len(ids)} images with {backbone.name}", unit="batch", shown=shown)
     started = time.perf_counter()
     with torch.inference_mode():
         for images in steps:
@@ -352,7 +354,16 @@ def embed_shard(job: ShardJob) -> ShardReport:
     workers = _default_num_workers(model.device)
     cache = ShardCache(job.cache)
     _embed_chunks(
-        model, Path(job.data_dir), job.manifest, [ids], cache, job.image_size, job.batch_size, workers, provenance
+        model,
+        Path(job.data_dir),
+        job.manifest,
+        [ids],
+        cache,
+        job.image_size,
+        job.batch_size,
+        workers,
+        provenance,
+        shown=False,  # the driver's loop over shards reports
     )
     return ShardReport(
         shard=shard_name(ids),
@@ -569,6 +580,7 @@ def _embed_tasks(
     steps = Progress(
         Counted(compute.as_completed(tasks), len(tasks)),
         f"embed {sum(map(len, chunks))} images in {len(chunks)} shards with {model.name}",
+        unit="shard",
     )
     for _, report in steps:
         reports.append(report)

@@ -33,13 +33,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from bilaf import choices, defaults
 from bilaf.artifacts import remove_temporaries, write_if_changed
 from bilaf.errors import InvalidInputError, MissingFileError
 from bilaf.features.images import UnreadableImageError, png_bytes
 from bilaf.features.sources import SPLITS, ImageFolderSource, ImageSource, open_source
+from bilaf.progress import Progress
 
 __all__ = [
     "DEFAULT_TEST_SIZE",
@@ -185,7 +185,7 @@ def _scan(source: ImageSource, data_dir: Path, on_unreadable: str) -> _Scan:
     ignored = [{"origin": f"{prefix}:{name}", "reason": reason} for name, reason in source.ignored]
     ids: list[str | None] = [None] * len(records)
     unreadable: list[dict[str, str]] = []
-    for index in tqdm(range(len(records)), desc=f"scan {prefix}", unit="img"):
+    for index in Progress(range(len(records)), f"scan {prefix}", unit="img"):
         try:
             ids[index] = source.image_id(index)
         except UnreadableImageError as error:
@@ -345,7 +345,7 @@ def sync_pool(
         ):
             to_write.append((index, data_dir / row.path))
     files_written = 0
-    for index, target in tqdm(to_write, desc="write images", unit="img", disable=not to_write):
+    for index, target in Progress(to_write, "write images", unit="img"):
         files_written += write_if_changed(target, png_bytes(image_source.load(index)))
     report = PoolReport(
         action="sync",

@@ -19,12 +19,12 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from bilaf import defaults
 from bilaf.errors import InvalidInputError
 from bilaf.features.backbones import resolve_device
 from bilaf.features.transforms import Transform
+from bilaf.progress import Progress
 from bilaf.training.data import ImageListDataset
 
 __all__ = [
@@ -108,7 +108,7 @@ def predict_logits(
         pin_memory=device.type == "cuda",
     )
     outputs = []
-    for images, _ in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+    for images, _ in Progress(loader, "predict", unit="batch", shown=progress):
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             logits = model(images.to(device, non_blocking=True))
         outputs.append(logits.float().cpu().numpy())

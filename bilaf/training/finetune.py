@@ -21,12 +21,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from bilaf import defaults
 from bilaf.errors import InvalidInputError
 from bilaf.features.backbones import resolve_device
 from bilaf.features.transforms import train_transform
+from bilaf.progress import Progress
 from bilaf.training.data import ImageListDataset
 
 __all__ = [
@@ -261,7 +261,7 @@ def finetune(
         num_classes_needed = int(dataset.labels.max()) + 1
         history: list[EpochStats] = []
         updates = 0
-        epochs = tqdm(range(config.epochs), desc="finetune", unit="epoch", disable=not progress)
+        epochs = Progress(range(config.epochs), "finetune", unit="epoch", shown=progress)
         for epoch in epochs:
             model.train()
             loss_sum, seen, started = 0.0, 0, time.perf_counter()
@@ -301,6 +301,6 @@ def finetune(
                 images_per_second=seen / elapsed,
             )
             history.append(stats)
-            epochs.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{stats.lr:.2e}", img_s=f"{stats.images_per_second:.0f}")
+            epochs.note(loss=stats.loss, lr=stats.lr, img_s=stats.images_per_second)
     model.eval()
     return FinetuneResult(model=model, history=history)

@@ -24,5 +24,4 @@ class ProgressLog:
     def __call__(self, event: ProgressEvent) -> None:
         if event.done * LOGGED_PARTS // event.total == (event.done - 1) * LOGGED_PARTS // event.total:
             return
-        values = "".join(f", {name} {value:.6g}" for name, value in event.values.items())
-        self._log.info(f"{event.task}: {event.done}/{event.total} ({event.done / event.total:.0%}){values}")
+        self._log.info(event.describe())
