@@ -5,8 +5,10 @@ every round, verified against its records) and `bilaf reproduce RUN` (re-run a r
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 from bilaf.artifacts import remove_leftovers
@@ -31,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="submit the run to the team's Dagster ($BILAF_DAGSTER_URL, written by `make team-up`): its daemon "
         "launches it when no other run is in progress",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Dagster's full event log while the run executes (it is written to "
+        "$DAGSTER_HOME/logs/<run id>.log either way)",
     )
     run.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     run.set_defaults(handler=_run)
@@ -185,12 +193,15 @@ def _run(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from bilaf.stages import check_budget, check_compute
+    from dagster_project.cli.run_log import QUIET_CONSOLE, RunReport, event_log_path, plan_line
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
     from dagster_project.defs.resources import push_pending
     from dagster_project.defs.tracking import DAGSTER_URL_ENV, close_abandoned_runs, process_tags
     from dagster_project.team import check_services
 
+    if not args.verbose:  # MLflow's INFO lines (store creation, "View run ... at") are in its UI
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     root = args.project.resolve()
     project_dagster_home(root)
     defs = build_definitions(str(root))
@@ -220,21 +231,29 @@ def _run(args: argparse.Namespace) -> int:
             print("Everything is up to date: params.yaml, the pool, the labels and the code are unchanged.")
             return 0
         round_number = expected_round(project.paths, plan)
-        print(f"Round {round_number}. Observing: {', '.join(k.to_user_string() for k in plan.observe) or '(none)'}")
-        for stage in plan.stages:
-            print(f"  {stage}: {plan.reasons[stage]}")
+        print(plan_line(round_number, plan))
         tags = {"bilaf/trigger": "cli", "bilaf/round": str(round_number)}
         if args.queue:
             run_id = _submit(webserver, plan.asset_keys, tags)
             print(f"Queued run {run_id}: the team's daemon launches it. Follow it: {webserver}/runs/{run_id}")
             return 0
         started = time.perf_counter()
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance,
-            asset_selection=plan.asset_keys,
-            raise_on_error=False,
-            tags={**tags, **process_tags()},
-        )
+        run_id = str(uuid.uuid4())  # Dagster's run ids are UUID4s; known before the run to follow its events
+        report = RunReport(event_log_path(Path(os.environ["DAGSTER_HOME"]), run_id))
+        # add_event_listener is not @public in Dagster 1.13.27; it is how the instance feeds an
+        # in-process run's events to a caller as they are stored.
+        instance.add_event_listener(run_id, report)
+        try:
+            result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+                run_config={} if args.verbose else QUIET_CONSOLE,
+                instance=instance,
+                asset_selection=plan.asset_keys,
+                run_id=run_id,
+                raise_on_error=False,
+                tags={**tags, **process_tags()},
+            )
+        finally:
+            report.close()
         try:
             defs.resources["mlflow"].finish_dagster_run(result.run_id, result.success)
         except MlflowException as error:  # the store may be what failed the run
@@ -245,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - started
     if not result.success:
         print(f"Run {result.run_id} failed after {elapsed:.0f} s:\n" + "\n".join(_failures(result)))
+        print(f"Its full event log: {report.log_path}")
         return 1
     print(
         f"Run {result.run_id} succeeded in {elapsed:.0f} s. "

@@ -267,7 +267,10 @@ def test_a_locked_mlflow_database_fails_the_run_clearly_and_the_next_run_recover
     lock.execute("BEGIN EXCLUSIVE")
     try:
         assert bilaf(["run", "--project", str(faulty)]) == 1
-        assert "database is locked" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "database is locked" in printed
+        event_log = Path(printed.rsplit("Its full event log: ", 1)[1].split()[0])  # named, and it holds the failure
+        assert event_log.parent == faulty / ".dagster_home" / "logs" and "STEP_FAILURE" in event_log.read_text()
     finally:
         lock.rollback()
         lock.close()

@@ -7,6 +7,7 @@ import copy
 import csv
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -67,11 +68,25 @@ def _dvc_out_hashes(root: Path) -> dict[str, str]:
     return {name: stage["outs"][0]["md5"] for name, stage in lock["stages"].items()}
 
 
-def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project, project_env):
+def _stage_lines(output: str) -> list[str]:
+    """The stages `bilaf run` reported as done, in the order it printed them (`name  12.3 s  what`)."""
+    done = re.compile(rf"^({'|'.join(STAGES)}) +\d+\.\d s  \S")
+    return [match.group(1) for match in map(done.match, output.splitlines()) if match]
+
+
+def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project, project_env, capsys):
     assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    printed = capsys.readouterr()
+    # What a person reads: the plan, one line per stage as it ends, progress, the summary; no Dagster
+    # DEBUG lines (they are in the event log file).
+    assert sorted(_stage_lines(printed.out)) == sorted(STAGES), printed.out  # each once, in a dependency order
+    assert " - DEBUG - " not in printed.out + printed.err
+    assert len((printed.out + printed.err).splitlines()) <= 40, printed.out + printed.err
     with dg.DagsterInstance.get() as instance:
         run_id, materialized = _latest_run_materializations(instance)
         assert materialized == ALL_STAGES
+        event_log = (tiny_project / ".dagster_home" / "logs" / f"{run_id}.log").read_text()
+        assert all(f" {stage} STEP_SUCCESS " in event_log for stage in STAGES), event_log[-2000:]
         evaluations = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
         results = {
             record.dagster_event.event_specific_data.asset_check_key.name: record.dagster_event.event_specific_data.passed
@@ -192,7 +207,7 @@ def test_dvc_agrees_and_reproduces_the_dagster_artifacts_byte_for_byte(tiny_proj
     assert _dvc_out_hashes(tiny_project) == dagster_hashes
 
 
-def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(tiny_project, project_env):
+def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(tiny_project, project_env, capsys):
     params = copy.deepcopy(TINY_PARAMS)
     params["boundary"]["penalty"] = 1.5
     write_params(tiny_project, params)
@@ -219,7 +234,11 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
         }
         assert _stale_stages(instance, tiny_project) == expected
 
+    capsys.readouterr()
     assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    printed = capsys.readouterr()
+    assert set(_stage_lines(printed.out)) == expected, printed.out
+    assert len((printed.out + printed.err).splitlines()) <= 15, printed.out + printed.err
     with dg.DagsterInstance.get() as instance:
         _, materialized = _latest_run_materializations(instance)
         assert materialized == expected
@@ -240,6 +259,17 @@ def test_invalid_parameters_fail_before_any_compute(tiny_project, project_env, c
     finally:
         params["boundary"]["penalty"] = 1.5
         write_params(tiny_project, params)
+
+
+def test_verbose_also_prints_dagsters_event_log(tiny_project, project_env, capsys):
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["evaluation"]["knn_k"] = 4
+    write_params(tiny_project, params)
+    capsys.readouterr()
+    assert bilaf(["run", "--verbose", "--project", str(tiny_project)]) == 0
+    printed = capsys.readouterr()
+    assert _stage_lines(printed.out) == ["evaluation"], printed.out
+    assert " - DEBUG - __ASSET_JOB - " in printed.err and "STEP_SUCCESS" in printed.err, printed.err[-2000:]
 
 
 def test_dagster_cli_string_selection_works_with_dvc_installed(tiny_project, project_env):

@@ -206,7 +206,7 @@ def test_two_runs_requested_at_once_are_queued_not_concurrent(team):
     params["evaluation"]["knn_k"] = 7
     write_params(root, params)
     queued = _bilaf(team, "run", "--queue").stdout
-    assert "Queued run" in queued and "evaluation: params/evaluation changed" in queued
+    assert "Queued run" in queued and "evaluation (params/evaluation changed)" in queued
     client = DagsterGraphQLClient("127.0.0.1", port_number=team["services"].ports["dagster"])
     client.submit_job_execution("__ASSET_JOB", asset_selection=[dg.AssetKey("evaluation")], tags={"test": "second"})
     refused = _bilaf(team, "run", check=False)  # while those are queued or running: refused, naming one
