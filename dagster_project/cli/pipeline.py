@@ -266,11 +266,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Run {result.run_id} failed after {elapsed:.0f} s:\n" + "\n".join(_failures(result)))
         print(f"Its full event log: {report.log_path}")
         return 1
+    mlflow = defs.resources["mlflow"]
     print(
         f"Run {result.run_id} succeeded in {elapsed:.0f} s. "
         + _summary(project.paths)
         + " "
-        + defs.resources["mlflow"].where_to_look()
+        + mlflow.where_to_look(mlflow.experiment_id(mlflow.client()))
     )
     return 0
 

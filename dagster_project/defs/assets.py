@@ -207,7 +207,7 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
                 tracked.log_params(params.section(section), prefix=f"{section}.")
             tracked.log_metrics(outcome.metrics)
             tracked.log_output(project.paths.output(spec.name))
-            if "pool" in spec.sources:
+            if "pool" in spec.sources or spec.group == "selection":  # what the selection chose from
                 from bilaf.features import pool_version, read_manifest
 
                 tracked.log_pool(

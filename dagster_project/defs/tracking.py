@@ -30,6 +30,10 @@ OUTPUT_MANIFEST = "output_manifest.json"
 LOGGED_LIMIT = 20 * 2**20  # files above this size are hashed but not copied to MLflow (DVC keeps them)
 PID_TAG, HOST_TAG = "bilaf/pid", "bilaf/host"
 MLFLOW_UI_URL, DAGSTER_UI_URL = "http://127.0.0.1:5000", "http://127.0.0.1:3000"  # `make mlflow-ui`, `make ui`
+# MLflow 3.17's UI picks its view from this query parameter, else from the browser's local storage
+# (GenAI by default); the experiment's `mlflow.experimentKind` tag does not choose it.
+TRAINING_VIEW = "?workflowType=machine_learning"
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown
 DAGSTER_URL_ENV = "BILAF_DAGSTER_URL"  # the team's Dagster webserver (written by `make team-up`)
 # Where MLflow 3.17's SQL store keeps artifact locations (the tracking API cannot change them).
 _ARTIFACT_COLUMNS = (
@@ -115,7 +119,7 @@ class MlflowResource(dg.ConfigurableResource):
         location = (Path(self.root).resolve() / "mlflow" / "artifacts").as_uri() if database else None
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
-            # MLflow 3 opens an experiment without this tag in its GenAI view; ours trains models.
+            # The kind MLflow records (ours trains models); its UI's view comes from TRAINING_VIEW.
             return client.create_experiment(
                 EXPERIMENT_NAME, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
             )
@@ -136,17 +140,26 @@ class MlflowResource(dg.ConfigurableResource):
         served = self.dagster_ui_url or os.environ.get(DAGSTER_URL_ENV)
         return served.rstrip("/") if served else None
 
+    def experiment_url(self, experiment_id: str) -> str:
+        return f"{self.served_mlflow_ui() or MLFLOW_UI_URL}/#/experiments/{experiment_id}{TRAINING_VIEW}"
+
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        return f"{self.served_mlflow_ui() or MLFLOW_UI_URL}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{self.served_mlflow_ui() or MLFLOW_UI_URL}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
     def dagster_run_url(self, dagster_run_id: str) -> str:
         return f"{self.served_dagster_ui() or DAGSTER_UI_URL}/runs/{dagster_run_id}"
 
-    def where_to_look(self) -> str:
+    def where_to_look(self, experiment_id: str) -> str:
         """Where a person opens the UIs: the addresses that serve them (a team's), else the make
-        targets that start them."""
-        dagster, mlflow_ui = self.served_dagster_ui() or "`make ui`", self.served_mlflow_ui() or "`make mlflow-ui`"
-        return f"Dagster UI: {dagster}; MLflow: {mlflow_ui}."
+        targets that start them; MLflow's with the experiment's runs in the training view."""
+        runs = self.experiment_url(experiment_id)
+        mlflow_ui = runs if self.served_mlflow_ui() else f"`make mlflow-ui`, then {runs}"
+        return f"Dagster UI: {self.served_dagster_ui() or '`make ui`'}; MLflow: {mlflow_ui}."
+
+    def _dagster_link(self, dagster_run_id: str, asset_name: str | None = None) -> str:
+        """The run's description (Markdown in MLflow's UI): a link to the Dagster run."""
+        what = f"`{asset_name}`, materialized by " if asset_name else ""
+        return f"{what}Dagster run [{dagster_run_id[:8]}]({self.dagster_run_url(dagster_run_id)})"
 
     def _parent_run_id(self, client, experiment_id: str, context) -> str:
         dagster_run_id = context.run.run_id
@@ -165,6 +178,7 @@ class MlflowResource(dg.ConfigurableResource):
                 "bilaf_level": "dagster_run",
                 "dagster_job": context.run.job_name,
                 "dagster_run_url": self.dagster_run_url(dagster_run_id),
+                DESCRIPTION_TAG: self._dagster_link(dagster_run_id),
                 **{key: value for key, value in context.run.tags.items() if key.startswith("bilaf/")},
             },
         )
@@ -184,6 +198,7 @@ class MlflowResource(dg.ConfigurableResource):
                 "mlflow.parentRunId": parent_id,
                 "dagster_run_id": context.run.run_id,
                 "dagster_run_url": self.dagster_run_url(context.run.run_id),
+                DESCRIPTION_TAG: self._dagster_link(context.run.run_id, asset_name),
                 "asset_key": asset_name,
                 "bilaf_level": "asset",
                 **tags,

@@ -136,12 +136,18 @@ def test_the_summary_names_the_teams_uis_when_they_serve_and_the_make_targets_ot
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(DAGSTER_URL_ENV, raising=False)
     embedded = MlflowResource(root=str(project_dir))
-    assert embedded.where_to_look() == "Dagster UI: `make ui`; MLflow: `make mlflow-ui`."
+    view = "?workflowType=machine_learning"  # MLflow 3.17's training view, not its GenAI view
+    assert embedded.where_to_look("1") == (
+        f"Dagster UI: `make ui`; MLflow: `make mlflow-ui`, then http://127.0.0.1:5000/#/experiments/1{view}."
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5123/")  # as `source .team/team.env` sets them
     monkeypatch.setenv(DAGSTER_URL_ENV, "http://127.0.0.1:3123")
     team = MlflowResource(root=str(project_dir))
-    assert team.where_to_look() == "Dagster UI: http://127.0.0.1:3123; MLflow: http://127.0.0.1:5123."
-    assert team.run_url("1", "abc") == "http://127.0.0.1:5123/#/experiments/1/runs/abc"
+    assert (
+        team.where_to_look("1")
+        == f"Dagster UI: http://127.0.0.1:3123; MLflow: http://127.0.0.1:5123/#/experiments/1{view}."
+    )
+    assert team.run_url("1", "abc") == f"http://127.0.0.1:5123/#/experiments/1/runs/abc{view}"
     assert team.dagster_run_url("r1") == "http://127.0.0.1:3123/runs/r1"
 
 
@@ -205,6 +211,9 @@ def test_mlflow_resource_nests_one_run_per_asset_under_the_dagster_run(project_d
     assert toy_run.params == {"toy.k": "3", "toy.name": "x"} and toy_run.metrics == {"accuracy": 0.5}
     assert toy_run.tags["code_version"] == "abc" and toy_run.tags["output_name"] == "toy"
     assert toy_run.tags["dagster_run_url"].endswith(f"/runs/{result.run_id}")
+    description = toy_run.tags["mlflow.note.content"]  # Markdown in MLflow's UI: a link to the Dagster run
+    assert description == f"`toy`, materialized by Dagster run [{result.run_id[:8]}]({toy_run.tags['dagster_run_url']})"
+    assert parent.data.tags["mlflow.note.content"].endswith(f"({toy_run.tags['dagster_run_url']})")
     logged = {entry.path for entry in client.list_artifacts(assets["toy"].info.run_id)}
     assert logged == {"toy", OUTPUT_MANIFEST}
     manifest = yaml.safe_load(Path(client.download_artifacts(assets["toy"].info.run_id, OUTPUT_MANIFEST)).read_text())

@@ -322,17 +322,19 @@ def test_mlflow_holds_one_parent_run_per_dagster_run_with_nested_asset_runs(tiny
     assert boundary.params["boundary.budget"] == "40"
     assert boundary.metrics["selected"] == 40
     assert parents[0].info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in assets.values())
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens in the training view
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert boundary.tags["dagster_run_url"].endswith(f"/runs/{first_run}")  # MLflow -> Dagster
     with dg.DagsterInstance.get() as instance:  # Dagster -> MLflow
         event = instance.get_latest_materialization_event(dg.AssetKey("boundary_set"))
-    linked = event.asset_materialization.metadata["mlflow_run"].value.rsplit("/", 1)[-1]
+    link = event.asset_materialization.metadata["mlflow_run"].value
+    assert link.endswith("?workflowType=machine_learning")  # opens MLflow's training view
+    linked = link.removesuffix("?workflowType=machine_learning").rsplit("/", 1)[-1]
     assert client.get_run(linked).data.tags["dagster_run_id"] == event.run_id
     from bilaf.features import pool_version
 
-    embeddings = client.get_run(assets["embeddings"].info.run_id)
-    (dataset,) = [entry.dataset for entry in embeddings.inputs.dataset_inputs]
-    assert dataset.name == "pool" and dataset.digest == pool_version(tiny_project / "data")
+    for stage in ("embeddings", "core_centers", "denoised_pool", "boundary_set"):  # what each chose from
+        (dataset,) = [entry.dataset for entry in client.get_run(assets[stage].info.run_id).inputs.dataset_inputs]
+        assert dataset.name == "pool" and dataset.digest == pool_version(tiny_project / "data"), stage
     finetune_run = assets["finetuned_model"].info.run_id
     (version,) = client.search_model_versions(f"name = 'bilaf-finetuned' and run_id = '{finetune_run}'")
     assert version.tags["round"] == "1"
