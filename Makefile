@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: env run test test-heavy test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status team-up team-down team-status postgres-server
+.PHONY: env run test test-heavy test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status team-up team-down team-status postgres-server browser
 
 env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST) $(DAGSTER_HOME)/dagster.yaml
 
@@ -69,10 +69,10 @@ format: env
 	$(BIN)/ruff format .
 
 # The heavy tier: a real Dask cluster, the real backbone's finetune, Label Studio's round trip.
-test-heavy: env label-studio-env postgres-server
+test-heavy: env label-studio-env postgres-server browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m heavy $(PYTEST_ARGS)
 
-test-all: env label-studio-env postgres-server
+test-all: env label-studio-env postgres-server browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: env
@@ -111,6 +111,12 @@ postgres-server:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { apt-get install -y -q postgresql-15 >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q postgresql-15 >/dev/null; }; }
+
+# Debian's Chromium and ChromeDriver, for the browser test of the Dagster and MLflow UIs (`make test-heavy`).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
 # Label Studio (the annotators' tool) in its own venv, for its round-trip test (`make test-heavy`)
 # and for annotation teams running it locally.
