@@ -100,10 +100,22 @@ def _click(driver, xpath: str) -> None:
     _element(driver, xpath, clickable=True).click()
 
 
-def _lineage_menu(driver, item: str) -> None:
-    """The menu under the arrow beside "Materialize all" on the lineage page, then ``item``."""
-    _click(driver, "//button[starts-with(normalize-space(), 'Materialize all')]/following::button[1]")
-    _click(driver, f"//button[@role='menuitem'][starts-with(normalize-space(), '{item}')]")
+def _lineage_menu(driver, item: str, attempts: int = 3) -> None:
+    """The menu under the arrow beside "Materialize all" on the lineage page, then ``item``. The
+    page re-renders as its live data arrives (after a run, say), which can close the menu or replace
+    the item between finding and clicking it: the page is reloaded and the menu opened again."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+
+    for attempt in range(1, attempts + 1):
+        driver.refresh()
+        _wait_for_text(driver, "Materialize all")
+        try:
+            _click(driver, "//button[starts-with(normalize-space(), 'Materialize all')]/following::button[1]")
+            _click(driver, f"//button[@role='menuitem'][starts-with(normalize-space(), '{item}')]")
+            return
+        except (StaleElementReferenceException, TimeoutException):
+            if attempt == attempts:
+                raise
 
 
 def _next_run(known: set[str]) -> dg.DagsterRun:

@@ -222,7 +222,7 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
         assert set(request.asset_selection) == {dg.AssetKey(["params", "boundary"])} | {
             dg.AssetKey(name) for name in expected
         }
-    with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe sources"
+    with dg.DagsterInstance.get() as instance:  # what the UI shows after "Observe all"
         observation = dg.materialize(
             PARAMS_SOURCES,
             selection=dg.AssetSelection.all(include_sources=True),
