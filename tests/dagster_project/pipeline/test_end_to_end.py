@@ -68,6 +68,13 @@ def _dvc_out_hashes(root: Path) -> dict[str, str]:
     return {name: stage["outs"][0]["md5"] for name, stage in lock["stages"].items()}
 
 
+def _lines_besides_progress(printed) -> list[str]:
+    """What `bilaf run` printed, less the progress lines (`task: 3/12 (25%), ...`): how many of those
+    a loop prints depends on the machine's speed (one per 10 s)."""
+    progress = re.compile(r"^[^:]+: \d+/\d+ \(\d+%\)")
+    return [line for line in (printed.out + printed.err).splitlines() if not progress.match(line)]
+
+
 def _stage_lines(output: str) -> list[str]:
     """The stages `bilaf run` reported as done, in the order it printed them (`name  12.3 s  what`)."""
     done = re.compile(rf"^({'|'.join(STAGES)}) +\d+\.\d s  \S")
@@ -81,7 +88,7 @@ def test_first_run_materializes_every_stage_and_passes_every_check(tiny_project,
     # DEBUG lines (they are in the event log file).
     assert sorted(_stage_lines(printed.out)) == sorted(STAGES), printed.out  # each once, in a dependency order
     assert " - DEBUG - " not in printed.out + printed.err
-    assert len((printed.out + printed.err).splitlines()) <= 40, printed.out + printed.err
+    assert len(_lines_besides_progress(printed)) <= 40, printed.out + printed.err
     with dg.DagsterInstance.get() as instance:
         run_id, materialized = _latest_run_materializations(instance)
         assert materialized == ALL_STAGES
@@ -238,7 +245,7 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
     assert bilaf(["run", "--project", str(tiny_project)]) == 0
     printed = capsys.readouterr()
     assert set(_stage_lines(printed.out)) == expected, printed.out
-    assert len((printed.out + printed.err).splitlines()) <= 15, printed.out + printed.err
+    assert len(_lines_besides_progress(printed)) <= 15, printed.out + printed.err
     with dg.DagsterInstance.get() as instance:
         _, materialized = _latest_run_materializations(instance)
         assert materialized == expected
