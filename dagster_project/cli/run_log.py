@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import dagster as dg
 
@@ -28,9 +27,8 @@ class RunReport:
     """Receives every event of one run as Dagster stores it (an instance event listener: called in
     the run's process, in order), appends it to the event log file and prints the stage lines."""
 
-    def __init__(self, log_path: Path, out: IO[str] | None = None) -> None:
+    def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
-        self.out = out or sys.stdout
         self._metadata: dict[str, dict[str, Any]] = {}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._file = log_path.open("a", encoding="utf-8")
@@ -57,13 +55,11 @@ class RunReport:
         elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
             seconds = event.event_specific_data.duration_ms / 1000
             self._print(stage_line(stage, seconds, what_it_did(stage, self._metadata.get(stage, {}))))
-        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:  # the stages after it are not run
             self._print(stage_line(stage, None, "failed (the reason follows)"))
-        elif event.event_type == dg.DagsterEventType.STEP_SKIPPED:
-            self._print(stage_line(stage, None, "not run: a stage before it failed"))
 
     def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        print(line, flush=True)
 
 
 def plan_line(round_number: int, plan) -> str:
