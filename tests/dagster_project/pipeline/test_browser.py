@@ -154,6 +154,13 @@ def _wait_for_text(driver, text: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def _wait_for_text_gone(driver, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text in _body(driver):
+        assert time.monotonic() < deadline, f"{text!r} still shown after {timeout:.0f} s"
+        time.sleep(0.5)
+
+
 def test_the_readmes_buttons_rerun_what_a_penalty_change_affects_and_the_links_open_the_training_view(tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -208,9 +215,13 @@ def test_the_readmes_buttons_rerun_what_a_penalty_change_affects_and_the_links_o
 
             known = _run_ids()
             _lineage_menu(driver, "Materialize unsynced")  # a dialog lists what it will launch
-            title = "//*[normalize-space()='Materialize unsynced assets']"
             _wait_for_text(driver, "Materialize unsynced assets")
-            dialog = _element(driver, f"{title}/ancestor::*[.//button[starts-with(., 'Materialize ')]][1]")
+            # The dialog opens with "Fetching asset statuses" and lists the assets once they arrive
+            # (on CI's slower machine the test once read it before): read it after.
+            _wait_for_text_gone(driver, "Fetching asset statuses")
+            title = "//*[normalize-space()='Materialize unsynced assets']"
+            launch = "//button[starts-with(., 'Materialize ') and not(starts-with(., 'Materialize all'))]"
+            dialog = _element(driver, f"{title}/ancestor::*[.{launch}][1]")
             assert set(dialog.text.split()) & set(STAGES) == AFTER_BOUNDARY, dialog.text
             driver.save_screenshot(str(screenshots / "dagster-materialize-unsynced.png"))
             _click(driver, f"//button[normalize-space()='Materialize {len(AFTER_BOUNDARY)} assets']")
