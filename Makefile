@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: env run test test-heavy test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status team-up team-down team-status postgres-server browser
+.PHONY: env run test test-heavy test-all lint format ui mlflow-ui data benchmarks clean-env cluster cluster-down cluster-status team-up team-down team-status postgres-server browser dvc-yaml
 
 env: $(VENV)/.installed $(DVC_VENV)/.installed $(FASHION_MNIST) $(DAGSTER_HOME)/dagster.yaml
 
@@ -67,6 +67,10 @@ lint: env
 format: env
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# dvc.yaml from the stage table (bilaf/stages/table.py); a test fails when the committed file differs.
+dvc-yaml: env
+	$(BIN)/bilaf dvc-yaml
 
 # The heavy tier: a real Dask cluster, the real backbone's finetune, Label Studio's round trip.
 test-heavy: env label-studio-env postgres-server browser

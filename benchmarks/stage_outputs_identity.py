@@ -43,9 +43,11 @@ print(json.dumps(seconds))
 
 def _export(ref: str, into: Path) -> Path:
     into.mkdir(parents=True)
-    tree = subprocess.run(["git", "-C", str(REPO), "ls-tree", ref, "bilaf/stages.py"], capture_output=True, text=True)
+    tree = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", ref, "bilaf/stages", "bilaf/stages.py"], capture_output=True, text=True
+    )
     if not tree.stdout.strip():
-        raise SystemExit(f"{ref} has no bilaf/stages.py (before the package split): its stages cannot run here")
+        raise SystemExit(f"{ref} has no bilaf/stages (before the package split): its stages cannot run here")
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into

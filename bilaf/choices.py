@@ -1,9 +1,10 @@
 """The allowed values of every option the command line offers a fixed list for, in one place.
 
-No imports, like `defaults`: the command line builds its parser from these two modules without
-loading torch, pandas or Dagster (`bilaf --help` answers at once). The modules that implement an
-option use the same tuple (sources, pool, ActiveFT) or are checked against it by
-tests/dagster_project/cli/test_cli_startup.py (the registries: selection methods, core methods, variants, stages).
+No imports, like `defaults`: the command line builds its parser from these two modules and the stage
+table (`bilaf.stages.table`, standard library only) without loading torch, pandas or Dagster
+(`bilaf --help` answers at once). The modules that implement an option use the same tuple (sources,
+pool, ActiveFT) or are checked against it by tests/dagster_project/cli/test_cli_startup.py (the
+registries: selection methods, core methods, variants).
 """
 
 SPLITS = ("train", "test")
@@ -15,15 +16,3 @@ SELECTION_METHODS = ("activeft", "bilaf", "kcenter", "kmeans", "margin", "random
 CORE_METHODS = ("activeft", "kmeans", "kcenter", "random")
 VARIANTS = ("default", "repo")
 ACTIVEFT_LOSSES = ("code", "paper")
-
-# the pipeline's stages (bilaf.stages.STAGES), in pipeline order
-STAGES = (
-    "round",
-    "embeddings",
-    "core_centers",
-    "denoised_pool",
-    "boundary_set",
-    "annotation_batch",
-    "finetuned_model",
-    "evaluation",
-)

@@ -28,22 +28,25 @@ import pandas as pd
 
 from bilaf import artifacts
 from bilaf.errors import InvalidInputError
+from bilaf.stages.table import STAGES
 
-ROUNDS_DIR = "rounds"
+ROUNDS_DIR = STAGES["round"].output
 LEDGER_NAME = "ledger.json"
 OPEN_NAME = "open.json"
 BATCH_NAME = "batch.csv"
 ROUND_MARKER = "round.json"
-ISSUED_BATCH_DIR = Path("artifacts") / "annotation_batch"
+ISSUED_BATCH_DIR = Path(STAGES["annotation_batch"].output)
 ISSUED_BATCH_NAME = "to_annotate.csv"
-# What a frozen round keeps of the open round's outputs: (source in the project, name in the round).
-FROZEN_FILES = (
-    (ISSUED_BATCH_DIR / ISSUED_BATCH_NAME, BATCH_NAME),
-    (ISSUED_BATCH_DIR / "label_studio_tasks.json", "label_studio_tasks.json"),
-    (Path("artifacts") / "boundary_set" / "selection.csv", "selection.csv"),
-    (Path("artifacts") / "evaluation" / "metrics.json", "metrics.json"),
-    (Path("artifacts") / "finetuned_model", "model"),
+# What a frozen round keeps of the open round's outputs: (stage, file in its output or "" for the
+# whole output, name in the round).
+_KEPT = (
+    ("annotation_batch", ISSUED_BATCH_NAME, BATCH_NAME),
+    ("annotation_batch", "label_studio_tasks.json", "label_studio_tasks.json"),
+    ("boundary_set", "selection.csv", "selection.csv"),
+    ("evaluation", "metrics.json", "metrics.json"),
+    ("finetuned_model", "", "model"),
 )
+FROZEN_FILES = tuple((Path(STAGES[stage].output) / file, name) for stage, file, name in _KEPT)
 
 
 def round_dir(root: Path, number: int) -> Path:

@@ -20,9 +20,12 @@ from typing import Any
 
 import pandas as pd
 
-from bilaf import dvc
+from bilaf import rounds
 from bilaf.errors import BilafError, InvalidInputError
-from bilaf.stages import SELECTION_COLUMNS, STAGES, ProjectPaths, lineage_params
+from bilaf.stages import STAGES, lineage_params
+from bilaf.stages.paths import ProjectPaths
+from bilaf.stages.selection import SELECTION_COLUMNS
+from dagster_project import dvc
 
 
 class LineageError(InvalidInputError):
@@ -173,10 +176,10 @@ class Records:
     def inputs(self, run) -> dict[str, Any]:
         """The exact inputs of a selection version, each from the run that produced it."""
         tags = run.data.tags
-        embeddings = self.run_of_version("embeddings", tags["dvc_input:artifacts/embeddings"])
+        embeddings = self.run_of_version("embeddings", tags[_input_tag("embeddings")])
         meta = json.loads(self.artifact(embeddings, "embeddings/meta.json").read_text())
-        round_run = self.run_of_version("round", tags["dvc_input:rounds"])
-        state = json.loads(self.artifact(round_run, "rounds/open.json").read_text())
+        round_run = self.run_of_version("round", tags[_input_tag("round")])
+        state = json.loads(self.artifact(round_run, f"{STAGES['round'].output}/{rounds.OPEN_NAME}").read_text())
         for linked in (embeddings, round_run):
             self.verify(linked)
         return {
@@ -203,6 +206,11 @@ class Records:
             "mlflow_run_id": run.info.run_id,
             "selection_dvc_md5": tags.get("dvc_md5"),
         }
+
+
+def _input_tag(stage: str) -> str:
+    """The MLflow tag holding the DVC version of ``stage``'s output that a run read."""
+    return f"dvc_input:{STAGES[stage].output}"
 
 
 def _date(run) -> str:
@@ -252,14 +260,15 @@ def _why_not(records: Records, run, item_id: str) -> str:
     """Why the selection version of ``run`` did not pick the item, where its records can say."""
     state = json.loads(
         records.artifact(
-            records.run_of_version("round", run.data.tags["dvc_input:rounds"]), "rounds/open.json"
+            records.run_of_version("round", run.data.tags[_input_tag("round")]),
+            f"{STAGES['round'].output}/{rounds.OPEN_NAME}",
         ).read_text()
     )
     if item_id in state["labeled"]:
         return f"labeled already ({state['labeled'][item_id]}) before this round"
     if item_id in state["pending"]:
         return "pending: sent to annotators in an earlier round, not labeled yet"
-    denoised_run = records.run_of_version("denoised_pool", run.data.tags["dvc_input:artifacts/denoised_pool.json"])
+    denoised_run = records.run_of_version("denoised_pool", run.data.tags[_input_tag("denoised_pool")])
     denoised = json.loads(records.artifact(denoised_run, "denoised_pool.json").read_text())
     strategy = denoised["strategy"]
     if "skipped" in denoised:
@@ -301,8 +310,8 @@ def reproduce(run_id: str, root: Path, scratch: Path | None = None, tracking_uri
     inputs = records.inputs(run)
     folder = Path(scratch or tempfile.mkdtemp(prefix=f"bilaf-reproduce-{run_id[:8]}-"))
     tags = run.data.tags
-    dvc.restore(records.paths.root, tags["dvc_input:artifacts/embeddings"], folder / STAGES["embeddings"].output)
-    dvc.restore(records.paths.root, tags["dvc_input:rounds"], folder / STAGES["round"].output)
+    dvc.restore(records.paths.root, tags[_input_tag("embeddings")], folder / STAGES["embeddings"].output)
+    dvc.restore(records.paths.root, tags[_input_tag("round")], folder / STAGES["round"].output)
     dvc.restore(records.paths.root, tags["data_version"], folder / "data", only={"manifest.csv"})
     params = Params().model_dump()
     params.update(inputs["parameters"])

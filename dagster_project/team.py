@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bilaf.dvc import REMOTE_ENV as DVC_REMOTE_ENV
 from bilaf.errors import BilafError, InvalidInputError
 from dagster_project.cluster import process_alive, stop_process_group
 from dagster_project.defs.tracking import DAGSTER_URL_ENV
+from dagster_project.dvc import REMOTE_ENV as DVC_REMOTE_ENV
 
 DEFAULT_FOLDER = ".team"  # also the command line's default (dagster_project.cli.team)
 BUCKET = "bilaf"
@@ -305,7 +305,7 @@ def instance_settings(postgres_port: int) -> dict:
 def _write_configuration(root: Path, folder: Path, env: dict[str, str], ports: dict[str, int]) -> None:
     import yaml
 
-    from bilaf import dvc
+    from dagster_project import dvc
 
     home = Path(env["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
@@ -588,7 +588,7 @@ def check_services(root: Path, tracking_uri: str) -> None:
     not, with its address; nothing for the embedded default (files of the project)."""
     import yaml
 
-    from bilaf import dvc
+    from dagster_project import dvc
 
     home = os.environ.get("DAGSTER_HOME")
     config = Path(home) / "dagster.yaml" if home else None

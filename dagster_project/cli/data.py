@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bilaf import defaults, dvc
+from bilaf import defaults
 from bilaf.choices import ON_UNREADABLE, SOURCES, SPLITS
 from bilaf.lock import project_lock
+from dagster_project import dvc
 
 if TYPE_CHECKING:
     from bilaf.features.pool import PoolReport

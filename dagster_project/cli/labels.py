@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bilaf import dvc
 from bilaf.errors import BilafError, InvalidInputError
 from bilaf.lock import project_lock
+from dagster_project import dvc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +72,9 @@ def _import(args: argparse.Namespace) -> int:
     from bilaf import rounds
     from bilaf.annotation import import_labels, read_annotator_file
     from bilaf.features import read_manifest
-    from bilaf.stages import SOURCE_PATHS, ProjectPaths, pool_classes
+    from bilaf.stages import SOURCE_PATHS
+    from bilaf.stages.paths import ProjectPaths
+    from bilaf.stages.sources import pool_classes
 
     paths = ProjectPaths(args.project)
     annotator_file = read_annotator_file(args.file)
@@ -106,7 +108,7 @@ def _tasks(args: argparse.Namespace) -> int:
     from bilaf import artifacts
     from bilaf.annotation import label_studio_tasks
     from bilaf.features import read_manifest
-    from bilaf.stages import ProjectPaths, resolve_image
+    from bilaf.stages.paths import ProjectPaths, resolve_image
 
     paths = ProjectPaths(args.project)
     manifest = read_manifest(paths.data)
@@ -126,7 +128,8 @@ def _tasks(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     from bilaf.annotation import labeling_config
     from bilaf.features import read_manifest
-    from bilaf.stages import ProjectPaths, pool_classes
+    from bilaf.stages.paths import ProjectPaths
+    from bilaf.stages.sources import pool_classes
 
     classes = pool_classes(read_manifest(ProjectPaths(args.project).data))
     args.out.write_text(labeling_config(classes))

@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 from bilaf.artifacts import remove_leftovers
-from bilaf.choices import STAGES
 from bilaf.errors import InvalidInputError
 from bilaf.lock import project_lock
+from bilaf.stages import STAGES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stage.add_argument("name", choices=STAGES)
     stage.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
     stage.set_defaults(handler=_stage)
+
+    dvc_yaml = subparsers.add_parser(
+        "dvc-yaml", help="write dvc.yaml from the stage table (bilaf/stages/table.py), the file DVC runs the stages by"
+    )
+    dvc_yaml.add_argument("--project", type=Path, default=Path.cwd(), help="project folder (default: cwd)")
+    dvc_yaml.add_argument(
+        "--check", action="store_true", help="only say whether dvc.yaml differs (exit 1 when it does)"
+    )
+    dvc_yaml.set_defaults(handler=_dvc_yaml)
 
     run = subparsers.add_parser(
         "run",
@@ -74,7 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _stage(args: argparse.Namespace) -> int:
     from bilaf.config import load_params
-    from bilaf.stages import ProjectPaths, check_budget, check_compute, run_stage
+    from bilaf.stages import run_stage
+    from bilaf.stages.compute import check_compute
+    from bilaf.stages.paths import ProjectPaths
+    from bilaf.stages.sources import check_budget
 
     paths = ProjectPaths(args.project.resolve())
     params = load_params(paths.params)
@@ -83,6 +95,20 @@ def _stage(args: argparse.Namespace) -> int:
     with project_lock(paths.root, f"bilaf stage {args.name}"):
         outcome = run_stage(args.name, paths.root, params)
     print(f"{args.name}: " + ", ".join(f"{key}={value:g}" for key, value in outcome.metrics.items()))
+    return 0
+
+
+def _dvc_yaml(args: argparse.Namespace) -> int:
+    from dagster_project.dvc import dvc_yaml_text
+
+    target = args.project.resolve() / "dvc.yaml"
+    rendered = dvc_yaml_text()
+    if args.check:
+        same = target.is_file() and target.read_text() == rendered
+        print(f"{target}: " + ("as the stage table defines it" if same else "differs from the stage table"))
+        return 0 if same else 1
+    target.write_text(rendered)
+    print(f"wrote {target} from the stage table")
     return 0
 
 
@@ -164,8 +190,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _rounds(args: argparse.Namespace) -> int:
-    from bilaf.rounds import Ledger, issued_batch
-    from bilaf.stages import ProjectPaths, RoundKnowledge
+    from bilaf.rounds import OPEN_NAME, Ledger, issued_batch
+    from bilaf.stages.paths import ProjectPaths
+    from bilaf.stages.state import RoundKnowledge
 
     paths = ProjectPaths(args.project.resolve())
     ledger = Ledger.load(paths.root)
@@ -175,7 +202,7 @@ def _rounds(args: argparse.Namespace) -> int:
             f"(pool {entry['inputs']['pool_version']}, labels {entry['inputs']['labels_version']})"
         )
     issued = issued_batch(paths.root)
-    state = paths.output("round") / "open.json"
+    state = paths.output("round") / OPEN_NAME
     if state.is_file():
         known = RoundKnowledge.load(paths)
         batch = "its batch is issued" if issued and int(issued["round"]) == known.round else "no batch yet"
@@ -192,7 +219,8 @@ def _run(args: argparse.Namespace) -> int:
     import dagster as dg
     from mlflow.exceptions import MlflowException
 
-    from bilaf.stages import check_budget, check_compute
+    from bilaf.stages.compute import check_compute
+    from bilaf.stages.sources import check_budget
     from dagster_project.cli.run_log import QUIET_CONSOLE, RunReport, event_log_path, plan_line
     from dagster_project.definitions import build_definitions
     from dagster_project.defs.planning import expected_round, plan_refresh, project_dagster_home, refresh_in_flight
@@ -296,7 +324,8 @@ def _submit(webserver: str, asset_keys: list, tags: dict[str, str]) -> str:
 def _summary(paths) -> str:
     """One line on the round the run left: batch, labels, model."""
     from bilaf import artifacts
-    from bilaf.stages import RoundKnowledge, pool_unreadable
+    from bilaf.stages.paths import pool_unreadable
+    from bilaf.stages.state import RoundKnowledge
 
     known = RoundKnowledge.load(paths)
     parts = [f"Round {known.round}: {len(known.labeled)} labeled, {len(known.pending)} pending."]

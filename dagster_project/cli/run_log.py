@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from bilaf.choices import STAGES
+from bilaf.stages import STAGES
 
 # Dagster's own console logger, kept for `--verbose` and silenced otherwise: its DEBUG lines are the
 # event log, which goes to the file either way.

@@ -22,17 +22,9 @@ from pathlib import Path
 import dagster as dg
 
 from bilaf.config import Params
-from bilaf.stages import (
-    SOURCE_PATHS,
-    STAGES,
-    StageOutcome,
-    StageSpec,
-    imported_labels,
-    labels_version,
-    lineage_params,
-    run_stage,
-    sync_configured_pool,
-)
+from bilaf.stages import SOURCE_PATHS, STAGES, StageOutcome, StageSpec, lineage_params, run_stage
+from bilaf.stages.labels import imported_labels, labels_version
+from bilaf.stages.sources import sync_configured_pool
 from dagster_project.defs.resources import DvcResource, ProjectResource
 from dagster_project.defs.tracking import MlflowResource
 
@@ -243,7 +235,7 @@ def _lineage_tags(
 ) -> dict[str, str]:
     import torch
 
-    from bilaf.dvc import tracked_hash
+    from dagster_project.dvc import tracked_hash
 
     # What varies across machines: float results depend on the thread count and the CPU's kernels
     # (its vector width, and MKL's paths, which differ between Intel and AMD CPUs of one width).

@@ -37,7 +37,7 @@ def embeddings_complete_and_finite(project: ProjectResource) -> dg.AssetCheckRes
     "the files and reasons, when some were skipped).",
 )
 def pool_files_are_readable(project: ProjectResource) -> dg.AssetCheckResult:
-    from bilaf.stages import pool_unreadable
+    from bilaf.stages.paths import pool_unreadable
 
     unreadable = pool_unreadable(project.paths)
     return dg.AssetCheckResult(
@@ -102,7 +102,7 @@ def selection_includes_every_core(project: ProjectResource) -> dg.AssetCheckResu
     "invariant 1: a label paid for is never asked for again, a pending item never sent twice).",
 )
 def selection_avoids_labeled_and_pending(project: ProjectResource) -> dg.AssetCheckResult:
-    from bilaf.stages import RoundKnowledge
+    from bilaf.stages.state import RoundKnowledge
 
     known = RoundKnowledge.load(project.paths)
     picked = set(_selection(project)["id"])

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from bilaf import dvc, rounds
+from bilaf import rounds
 from bilaf.config import DataParams, Params
-from bilaf.stages import SOURCE_PATHS, STAGES, ProjectPaths, labels_version, lineage_params
+from bilaf.stages import SOURCE_PATHS, STAGES, lineage_params
+from bilaf.stages.labels import labels_version
+from bilaf.stages.paths import ProjectPaths
+from dagster_project import dvc
 from dagster_project.defs.assets import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
 
 DATA_VERSION_TAG = "dagster/data_version"

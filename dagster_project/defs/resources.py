@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from bilaf import dvc
 from bilaf.config import Params, load_params
 from bilaf.errors import BilafError
-from bilaf.stages import ProjectPaths
+from bilaf.stages.paths import ProjectPaths
+from dagster_project import dvc
 
 PROJECT_DIR_ENV = "BILAF_PROJECT_DIR"
 
@@ -40,7 +40,7 @@ class DvcResource(dg.ConfigurableResource):
     """Records each artifact in DVC (dvc.lock, data.dvc, labels.dvc) and reads back its hash.
 
     With ``push`` (the default) every recorded version is also pushed to the project's remote
-    (`bilaf.dvc.project_remote`: a local folder, `.dvc-storage/`, in this repository; the object
+    (`dagster_project.dvc.project_remote`: a local folder, `.dvc-storage/`, in this repository; the object
     store in a team's deployment): a `dvc gc` of the workspace cache then cannot delete what an
     MLflow run points to. A push that fails fails the step with the remote named, and what it did
     not push is pushed first by the next one (`push_pending`).

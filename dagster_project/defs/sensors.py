@@ -12,7 +12,8 @@ import os
 import dagster as dg
 
 from bilaf.errors import BilafError
-from bilaf.stages import check_budget, check_compute
+from bilaf.stages.compute import check_compute
+from bilaf.stages.sources import check_budget
 from dagster_project.defs.planning import expected_round, plan_refresh, refresh_in_flight
 from dagster_project.defs.resources import ProjectResource
 from dagster_project.defs.tracking import MlflowResource, close_abandoned_runs

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ElementTree
 import yaml
 from annotation_project import BATCH_SIZE, CLASSES, FIXTURES, store_bytes
 
-from bilaf import dvc
 from bilaf.annotation import load_labels
+from dagster_project import dvc
 from dagster_project.cli import main
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bilaf.dvc import run_dvc
 from bilaf.features import load_embeddings, pool_version, read_manifest
 from bilaf.selection import SelectionResult, select
 from dagster_project.cli import main
+from dagster_project.dvc import run_dvc
 
 
 def _write_png(path: Path, value: int) -> None:

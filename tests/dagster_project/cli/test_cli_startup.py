@@ -59,9 +59,7 @@ def test_every_help_answers_without_loading_a_heavy_library():
 
 def test_the_parser_offers_what_the_registries_hold():
     from bilaf.selection import CORE_METHODS, VARIANTS, list_methods
-    from bilaf.stages import STAGES
 
     assert list_methods() == list(choices.SELECTION_METHODS)
     assert tuple(CORE_METHODS) == choices.CORE_METHODS
     assert tuple(VARIANTS) == choices.VARIANTS
-    assert tuple(STAGES) == choices.STAGES

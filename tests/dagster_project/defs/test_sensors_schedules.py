@@ -12,7 +12,8 @@ import pytest
 from pipeline.conftest import TINY_PARAMS, free_port, write_params
 
 from bilaf.config import Params, load_params
-from bilaf.stages import STAGES, ProjectPaths, lineage_params
+from bilaf.stages import STAGES, lineage_params
+from bilaf.stages.paths import ProjectPaths
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.assets import POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
 from dagster_project.defs.planning import (

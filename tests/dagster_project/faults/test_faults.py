@@ -21,7 +21,8 @@ import yaml
 from pipeline.conftest import BIN, make_project, run
 
 from bilaf.config import load_params
-from bilaf.stages import STAGES, ProjectPaths
+from bilaf.stages import STAGES
+from bilaf.stages.paths import ProjectPaths
 from dagster_project.cli import main as bilaf
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.planning import plan_refresh

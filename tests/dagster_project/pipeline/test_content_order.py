@@ -40,7 +40,8 @@ def _project(root: Path, images: list, names: list[str]) -> Path:
 
 def test_the_same_images_in_another_order_under_other_names_give_the_same_picks(tmp_path):
     from bilaf.config import load_params
-    from bilaf.stages import ProjectPaths, sync_configured_pool
+    from bilaf.stages.paths import ProjectPaths
+    from bilaf.stages.sources import sync_configured_pool
 
     source = fashion_mnist_source()
     chosen = [i for i, record in enumerate(source.records) if record.split == "train"][:150] + [

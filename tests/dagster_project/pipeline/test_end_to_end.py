@@ -166,7 +166,7 @@ def test_explain_refuses_an_answer_from_a_tampered_record(tiny_project, project_
 def test_a_version_gone_from_the_cache_is_read_from_the_remote_and_one_gone_from_both_is_named(
     tiny_project, project_env, capsys
 ):
-    from bilaf import dvc
+    from dagster_project import dvc
 
     md5 = _dvc_out_hashes(tiny_project)["boundary_set"]
     name = md5.removesuffix(".dir")

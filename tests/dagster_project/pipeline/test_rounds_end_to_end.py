@@ -276,12 +276,12 @@ def test_reproduce_says_when_todays_code_picks_otherwise_and_refuses_a_run_that_
     import json
 
     import mlflow
-    from bilaf import stages
+    from bilaf.stages import StageSpec, selection
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bilaf").experiment_id
     (first,) = client.search_runs([experiment], "tags.asset_key = 'boundary_set' and tags.round = '1'")
-    original = stages.selection_records
+    original = selection.selection_records
 
     def one_pick_swapped(result, pool, round_number):
         records = original(result, pool, round_number)
@@ -289,8 +289,8 @@ def test_reproduce_says_when_todays_code_picks_otherwise_and_refuses_a_run_that_
         records[0] = {**records[0], "id": next(item for item in pool.ids if item not in picked)}
         return records
 
-    monkeypatch.setattr(stages, "selection_records", one_pick_swapped)
-    monkeypatch.setattr(stages.StageSpec, "code_version", lambda self: "0" * 16)
+    monkeypatch.setattr(selection, "selection_records", one_pick_swapped)
+    monkeypatch.setattr(StageSpec, "code_version", lambda self: "0" * 16)
     arguments = ["reproduce", first.info.run_id, "--project", str(project)]
     assert bilaf([*arguments, "--json", "--scratch", str(project.parent / "changed")]) == 1
     verdict = json.loads(capsys.readouterr().out)

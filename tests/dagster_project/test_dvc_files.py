@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from bilaf import dvc
 from bilaf.errors import InvalidInputError
+from dagster_project import dvc
 
 
 def _write_lock(root, stages):

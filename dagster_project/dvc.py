@@ -183,3 +183,21 @@ def restore(root: Path, md5: str, target: Path, only: set[str] | None = None) ->
         if only is not None and entry["relpath"] not in only:
             continue
         restore(root, entry["md5"], target / entry["relpath"])
+
+
+DVC_YAML_HEADER = """\
+# Rendered from the stage table (bilaf/stages/table.py) by `bilaf dvc-yaml` (`make dvc-yaml`): edit
+# the table, never this file; a test fails when the two differ. The same stages as the Dagster
+# assets, each run by the project's CLI: `dvc repro` and Dagster write the same artifacts byte for
+# byte. The two sources are tracked by data.dvc (the pool, grown by `bilaf data sync` and
+# `bilaf ingest`) and labels.dvc (`bilaf labels import`). Each stage lists its upstream outputs, its
+# sources, the code it runs and every params section of its lineage, as the Dagster assets do. The
+# rounds ledger (rounds/) persists across runs.
+"""
+
+
+def dvc_yaml_text() -> str:
+    """dvc.yaml as the stage table defines it."""
+    from bilaf.stages.table import dvc_stages
+
+    return DVC_YAML_HEADER + yaml.safe_dump({"stages": dvc_stages()}, sort_keys=False)
