@@ -29,9 +29,10 @@ SOURCE_TRAIN_ITEMS = {"fashion-mnist": 60_000, "cifar10": 50_000, "cifar100": 50
 
 
 class _Section(BaseModel):
-    """A params.yaml section: strict types (an int is accepted for a float), no unknown keys."""
+    """A params.yaml section: strict types (an int is accepted for a float), no unknown keys, and
+    finite numbers only (YAML's `.inf` and `.nan` are floats that every bound would let through)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataParams(_Section):
@@ -169,14 +170,6 @@ class Params(BaseModel):
         says only where the work runs, so it is not one of them."""
         return tuple(name for name in cls.model_fields if name not in OPTIONAL_SECTIONS)
 
-    def check_pool(self, train_items: int) -> None:
-        """The budget against the pool as it is (for sources whose size the schema cannot know)."""
-        if self.boundary.budget > train_items:
-            raise InvalidInputError(
-                f"params: boundary.budget ({self.boundary.budget}) must not exceed the {train_items} "
-                f"train items of the pool ({self.data.source} at {self.data.root or 'its default place'})"
-            )
-
 
 def section_hash_of(values: Mapping[str, Any]) -> str:
     """The hash of one section's values (as `Params.section_hash` computes it)."""
@@ -236,6 +229,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     if kind in _BOUNDS:
         interval = _interval(error["loc"])
         return f"{key} must be {interval or _BOUNDS[kind] + ' ' + _number(next(iter(error['ctx'].values())))}, got {value!r}"
+    if kind == "finite_number":
+        return f"{key} must be a finite number, got {value!r}"
     if kind == "literal_error":
         return f"{key} must be one of [{error['ctx']['expected']}], got {value!r}"
     if kind in _TYPES:

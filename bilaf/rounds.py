@@ -1,4 +1,4 @@
-"""Annotation rounds: the ledger of every batch sent to annotators (design: ../shared/design/ROUNDS.md).
+"""Annotation rounds: the ledger of every batch sent to annotators (design: docs/rounds.md).
 
 Layout, in the project folder::
 

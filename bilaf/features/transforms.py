@@ -1,4 +1,4 @@
-"""Image -> tensor transforms: one for embedding the pool, two for finetuning (ALGORITHM.md §6).
+"""Image -> tensor transforms: one for embedding the pool, two for finetuning (docs/algorithm.md §6).
 
 Embedding resizes to exactly ``image_size``² with no augmentation, so an item's features depend on
 its pixels alone. Finetuning follows the supervised recipe: RandomResizedCrop + horizontal flip for

@@ -2,7 +2,7 @@
 
 Stages (each usable on its own, e.g. as one Dagster asset each):
 ``select_cores`` -> ``denoise`` -> ``select_boundary``; or ``select`` for a whole method by name
-(``list_methods()``). ALGORITHM.md specifies the algorithm; ``variants`` holds the paper-vs-code
+(``list_methods()``). docs/algorithm.md specifies the algorithm; ``variants`` holds the paper-vs-code
 switches.
 """
 

@@ -1,4 +1,4 @@
-"""ActiveFT core selection (ALGORITHM.md §3): learn K unit anchors, map each to a distinct item.
+"""ActiveFT core selection (docs/algorithm.md §3): learn K unit anchors, map each to a distinct item.
 
 The pool is cut into shards (``shards.shard_bounds``, a rule of the pool's shape alone). Every
 iteration the driver sends the anchors to one task per shard; each returns, for its items, the
@@ -89,7 +89,7 @@ def activeft(
     and repel the new anchors like any anchor, but never move and are never picked. The loss is
     local (an anchor follows the items it owns), so the new anchors start where the pool is not
     yet covered: drawn with probability proportional to the squared distance to the nearest
-    anchor so far (k-means++ seeding), and new data unlike the old attracts them (ROUNDS.md).
+    anchor so far (k-means++ seeding), and new data unlike the old attracts them (docs/rounds.md).
     """
     compute = compute or LocalCompute()
     n_items = len(source)

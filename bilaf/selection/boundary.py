@@ -1,4 +1,4 @@
-"""Stage 2b: budget split (ALGORITHM.md §4.4) and iterative boundary picks with penalty (§4.5)."""
+"""Stage 2b: budget split (docs/algorithm.md §4.4) and iterative boundary picks with penalty (§4.5)."""
 
 from __future__ import annotations
 

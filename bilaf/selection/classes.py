@@ -1,4 +1,4 @@
-"""Label-aware boundary selection for the rounds after the first (ROUNDS.md, "Boundaries between
+"""Label-aware boundary selection for the rounds after the first (docs/rounds.md, "Boundaries between
 real classes").
 
 One-shot BiLAF draws its boundaries between pseudo-classes (clusters around cores); on weak
@@ -36,6 +36,7 @@ from .boundary import _TINY, apportion, check_boundary_args
 from .denoise import IdcParams, grow_from_seeds
 from .probe import INVERSE_REGULARIZATION, class_probabilities
 from .results import BOUNDARY_ROLE, CORE_ROLE, ClassRegions, ClassStats, Pick, SelectionResult
+from .strategy import MIN_LABELED_CLASSES, is_label_aware
 
 LABEL_AWARE = "bilaf-labels"
 
@@ -75,9 +76,9 @@ def class_regions_validated(
     matrix: np.ndarray, known: KnownItems, cores: np.ndarray, params: IdcParams
 ) -> ClassRegions:
     """``class_regions`` on validated inputs (used by the whole-method pipeline)."""
-    if len(known.classes) < 2:
+    if not is_label_aware(known):
         raise InvalidInputError(
-            f"label-aware selection needs labels of at least 2 classes; got "
+            f"label-aware selection needs labels of at least {MIN_LABELED_CLASSES} classes; got "
             f"{len(known.classes)} ({len(known.labeled)} labeled items)"
         )
     points = l2_normalize(matrix)

@@ -1,4 +1,4 @@
-"""Stage 1: core selection: ActiveFT, k-means, k-center greedy (FDS), random (ALGORITHM.md §3, §5).
+"""Stage 1: core selection: ActiveFT, k-means, k-center greedy (FDS), random (docs/algorithm.md §3, §5).
 
 Each core method returns items in its own pick order; ``select_cores`` sorts them ascending into a
 CoreSelection, as the released core JSONs are.

@@ -1,4 +1,4 @@
-"""Stage 2a: pseudo-class assignment (ALGORITHM.md §4.1) and IDC denoising (§4.2, §4.3)."""
+"""Stage 2a: pseudo-class assignment (docs/algorithm.md §4.1) and IDC denoising (§4.2, §4.3)."""
 
 from __future__ import annotations
 

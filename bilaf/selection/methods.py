@@ -32,6 +32,7 @@ from .denoise import IdcParams, denoise_validated
 from .probe import class_probabilities
 from .results import Pick, SelectionResult
 from .shards import FeatureRows
+from .strategy import MIN_LABELED_CLASSES, free_items, is_label_aware
 from .variants import Stage2Settings, resolve_settings
 
 MethodFn = Callable[..., SelectionResult]
@@ -119,7 +120,7 @@ def _bilaf(
     compute: Compute | None,
     **options: Any,
 ) -> SelectionResult:
-    core_method = core_method or "activeft"
+    core_method = core_method or defaults.CORE_METHOD
     if n_cores is None and isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
         n_cores = default_n_cores(int(budget))
     penalty = options.pop("penalty", defaults.PENALTY)
@@ -127,28 +128,23 @@ def _bilaf(
     idc = IdcParams(**{k: options.pop(k) for k in _IDC_OPTIONS if k in options})
     core_params = method_params(core_method, options)
     check_seed(seed)
-    normalize = settings.normalize or uses_unit_vectors(core_method, settings.normalize)
+    # Cores are measured as `select_cores` measures them (unit vectors but for random picks): the
+    # variant's `normalize` is a stage-2 switch, as the pipeline's core_centers stage runs it.
+    normalize = settings.normalize or uses_unit_vectors(core_method, True)
     no_cores = isinstance(n_cores, numbers.Integral) and not isinstance(n_cores, bool) and n_cores == 0
     source = validate_source(
         features, compute, budget=budget, n_cores=None if no_cores else n_cores, normalize=normalize
     )
     known = validate_known(labels, pending, len(source), budget)
-    label_aware = known is not None and len(known.classes) >= 2
-    if known is not None and variant == "repo":
-        raise InvalidInputError(
-            "variant 'repo' reproduces one-shot BiLAF as released; rounds with labels "
-            "or pending items need variant 'default'"
-        )
+    label_aware = is_label_aware(known)
     if no_cores and not label_aware:
-        raise InvalidInputError("n_cores must be positive (0 is allowed only once labels of 2+ classes exist)")
+        raise InvalidInputError(
+            f"n_cores must be positive (0 is allowed only once labels of {MIN_LABELED_CLASSES}+ classes exist)"
+        )
     check_boundary_args(2 if label_aware else int(n_cores), penalty)
     if label_aware:
         cores = (
-            np.sort(
-                core_pick_order(
-                    source, int(n_cores), core_method, seed, settings.normalize, core_params, known, compute
-                )[0]
-            )
+            np.sort(core_pick_order(source, int(n_cores), core_method, seed, True, core_params, known, compute)[0])
             if n_cores
             else np.empty(0, np.int64)
         )
@@ -157,9 +153,7 @@ def _bilaf(
         result = select_class_boundary_validated(matrix, regions, int(budget), float(penalty))
         result.params.update(core_method=core_method, seed=seed)
         return result
-    order, core_info = core_pick_order(
-        source, int(n_cores), core_method, seed, settings.normalize, core_params, known, compute
-    )
+    order, core_info = core_pick_order(source, int(n_cores), core_method, seed, True, core_params, known, compute)
     result = _one_shot_bilaf(source, known, order, int(budget), penalty, settings, variant, idc, compute)
     result.params.update(core_method=core_method, seed=seed, core_params=core_info)
     return result
@@ -177,32 +171,16 @@ def _one_shot_bilaf(
     compute: Compute | None,
 ) -> SelectionResult:
     """Stage 2 around ``cores``; with labeled or pending items (but too few classes to use),
-    on the items left to pick from, so none of those is ever picked."""
+    on the free items (``free_items``), so none of those is ever picked."""
     if known is None or not known.taken.any():
         denoised = denoise_validated(source, np.sort(cores), variant, settings, idc, compute)
         return select_boundary_validated(source, denoised, budget, penalty, settings, variant, compute)
-    free = np.flatnonzero(~known.taken)
-    position = np.full(len(source), -1, dtype=np.int64)
-    position[free] = np.arange(len(free))
+    free = free_items(len(source), known.labels, known.pending)
     sub = source.subset(free)
-    denoised = denoise_validated(sub, np.sort(position[cores]), variant, settings, idc, compute)
+    denoised = denoise_validated(sub, np.sort(np.searchsorted(free, cores)), variant, settings, idc, compute)
     local = select_boundary_validated(sub, denoised, budget, penalty, settings, variant, compute)
-    picks = tuple(
-        replace(
-            pick,
-            index=int(free[pick.index]),
-            rival_center=None if pick.rival_center is None else int(free[pick.rival_center]),
-        )
-        for pick in local.picks
-    )
-    clusters = tuple(replace(stats, core_index=int(free[stats.core_index])) for stats in local.clusters)
-    return SelectionResult(
-        indices=[pick.index for pick in picks],
-        picks=picks,
-        clusters=clusters,
-        method=local.method,
-        variant=local.variant,
-        params={**local.params, "labeled": len(known.labeled), "pending": len(known.pending)},
+    return replace(
+        local.on_rows(free), params={**local.params, "labeled": len(known.labeled), "pending": len(known.pending)}
     )
 
 
@@ -277,8 +255,8 @@ def _margin(
     check_seed(seed)
     matrix = validate_source(features, compute, budget=budget, normalize=True).materialize()
     known = validate_known(labels, pending, len(matrix), budget)
-    if known is None or len(known.classes) < 2:
-        raise InvalidInputError("margin sampling needs labels of at least 2 classes (labels=...)")
+    if not is_label_aware(known):
+        raise InvalidInputError(f"margin sampling needs labels of at least {MIN_LABELED_CLASSES} classes (labels=...)")
     free = np.flatnonzero(~known.taken)
     classes, probabilities = class_probabilities(matrix, known.labeled, known.labels[known.labeled], free)
     top_two = np.argsort(-probabilities, axis=1, kind="stable")[:, :2]

@@ -1,6 +1,6 @@
 """Stage-2 variants: the paper-intent production default and the official-code reproduction.
 
-Each switch names one paper-vs-code disagreement of ALGORITHM.md §9; a variant is a preset of
+Each switch names one paper-vs-code disagreement of docs/algorithm.md §9; a variant is a preset of
 all switches, and every stage function accepts overrides of single switches.
 """
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 def run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
     from bilaf.selection import select_cores
+    from bilaf.selection.strategy import ONE_SHOT
 
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
     strategy = round_strategy(params, known, pool)
@@ -46,7 +47,7 @@ def run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
             where = compute_metadata(compute)
         payload.update(cores=cores.to_dict(), core_ids=pool.ids_at(cores.indices))
     else:
-        payload.update(cores=None, core_ids=[], skipped=_SKIPPED[strategy])
+        payload.update(cores=None, core_ids=[], skipped=_skipped(strategy))
     with artifacts.atomic_output(paths.output("core_centers")) as out:
         artifacts.write_json(out, payload)
     return StageOutcome(
@@ -57,6 +58,7 @@ def run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
 
 def run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
     from bilaf.selection import class_regions, denoise
+    from bilaf.selection.strategy import ONE_SHOT
 
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
     strategy = round_strategy(params, known, pool)
@@ -84,7 +86,7 @@ def run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
         payload.update(regions=regions.to_dict(), ids=pool.ids, classes=pool.class_names)
         kept = int(np.count_nonzero(regions.kept))
     else:
-        payload.update(skipped=_SKIPPED[strategy])
+        payload.update(skipped=_skipped(strategy))
         kept = len(pool.ids)
     with artifacts.atomic_output(paths.output("denoised_pool")) as out:
         artifacts.write_json(out, payload)
@@ -104,6 +106,7 @@ def run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
         select_boundary,
         select_class_boundary,
     )
+    from bilaf.selection.strategy import ONE_SHOT
 
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
     strategy = round_strategy(params, known, pool)
@@ -168,23 +171,21 @@ def run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
     )
 
 
-ONE_SHOT = "one-shot"
-
-
-_SKIPPED = {
-    "bilaf": "no coverage cores this round (later_rounds.n_cores = 0)",
-    **{
-        method: f"later_rounds.method {method} picks the whole round in boundary_set"
-        for method in ("activeft", "kmeans", "kcenter", "random", "margin")
-    },
-}
-
-
 def round_strategy(params: Params, known: RoundKnowledge, pool: TrainPool) -> str:
-    """What this round runs: "one-shot" (round 1, or no labels of 2+ classes yet: core, denoise and
-    boundary sections, around the pending items) or `later_rounds.method` once there are."""
-    labeled_classes = {label for item, label in known.labeled.items() if item in pool.row_of}
-    return params.later_rounds.method if len(labeled_classes) >= 2 else ONE_SHOT
+    """What this round runs, by the library's rule (`bilaf.selection.strategy`): "one-shot" BiLAF
+    (round 1, or no labels of 2+ classes yet: the core, denoise and boundary sections, around the
+    labeled and pending items) or `later_rounds.method` once there are."""
+    from bilaf.selection.strategy import round_strategy as library_strategy
+
+    labels, pending = pool.label_rows(known)
+    return library_strategy(len(pool.ids), labels, pending, method=params.later_rounds.method)
+
+
+def _skipped(strategy: str) -> str:
+    """Why a stage has nothing to do in a round of ``strategy`` (the stage's output says so)."""
+    if strategy == "bilaf":
+        return "no coverage cores this round (later_rounds.n_cores = 0)"
+    return f"later_rounds.method {strategy} picks the whole round in boundary_set"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,10 +250,9 @@ class TrainPool:
 
     def free_rows(self, known: RoundKnowledge) -> np.ndarray:
         """Train rows neither labeled nor pending, ascending: what a one-shot round picks from."""
-        labels, pending = self.label_rows(known)
-        taken = labels >= 0
-        taken[pending] = True
-        return np.flatnonzero(~taken)
+        from bilaf.selection.strategy import free_items
+
+        return free_items(len(self.ids), *self.label_rows(known))
 
     def ids_at(self, positions: Any) -> list[str]:
         return [self.ids[int(position)] for position in positions]

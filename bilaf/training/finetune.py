@@ -1,4 +1,4 @@
-"""Supervised finetuning of a pretrained classifier on the annotated selection (ALGORITHM.md §6).
+"""Supervised finetuning of a pretrained classifier on the annotated selection (docs/algorithm.md §6).
 
 The recipe: timm's SGD (Nesterov momentum 0.9) with weight decay 1e-4 and no decay on 1-D
 parameters, per-update cosine schedule with linear warm-up from 1e-6 and a floor of 1e-5,

@@ -60,15 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="number of BiLAF core samples K (default: ceil(budget / 4))",
     )
     parser.add_argument(
-        "--core-method", default=None, choices=choices.CORE_METHODS, help="BiLAF stage-1 method (default: activeft)"
+        "--core-method",
+        default=None,
+        choices=choices.CORE_METHODS,
+        help=f"BiLAF stage-1 method (default: {defaults.CORE_METHOD})",
     )
     parser.add_argument(
         "--variant",
-        default="default",
+        default=defaults.DENOISE_VARIANT,
         choices=choices.VARIANTS,
         help="'default' (paper intent) or 'repo' (reproduces the official code)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=defaults.SEED)
     parser.add_argument("--penalty", type=float, help=f"opponent penalty delta (default {defaults.PENALTY})")
     parser.add_argument("--removal-ratio", type=float, help=f"IDC removal ratio (default {defaults.REMOVAL_RATIO})")
     parser.add_argument("--ring-fraction", type=float, help=f"IDC ring fraction (default {defaults.RING_FRACTION})")

@@ -25,6 +25,8 @@ from bilaf.config import Params
 from bilaf.stages import SOURCE_PATHS, STAGES, StageOutcome, StageSpec, lineage_params, run_stage
 from bilaf.stages.labels import imported_labels, labels_version
 from bilaf.stages.sources import sync_configured_pool
+from dagster_project.defs.keys import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
+from dagster_project.defs.planning import configured_source_fingerprint, reusable_materialization
 from dagster_project.defs.resources import DvcResource, ProjectResource
 from dagster_project.defs.tracking import MlflowResource
 
@@ -33,22 +35,11 @@ SOURCES_GROUP = "sources"
 # Every stage writes into the one project folder: one step at a time across all runs
 # (the instance's concurrency pool limit, see defs.planning.INSTANCE_CONFIG).
 WRITER_POOL = "bilaf_project"
-SOURCE_FINGERPRINT = "source_fingerprint"
-POOL_KEY = dg.AssetKey("pool")
-LABELS_KEY = dg.AssetKey("labels")
 # Observable sources are how Dagster versions external data; its beta notice would print once per
 # source on every command, burying what the run says.
 warnings.filterwarnings(
     "ignore", message="Function `observable_source_asset` is currently in beta", category=dg.BetaWarning
 )
-
-
-def params_key(section: str) -> dg.AssetKey:
-    return dg.AssetKey(["params", section])
-
-
-def source_key(source: str) -> dg.AssetKey:
-    return {"pool": POOL_KEY, "labels": LABELS_KEY}[source]
 
 
 def _params_source(section: str) -> dg.SourceAsset:
@@ -76,7 +67,6 @@ def pool_source(
     context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow: MlflowResource
 ) -> dg.ObserveResult:
     from bilaf.features import read_manifest
-    from dagster_project.defs.planning import configured_source_fingerprint
 
     params = project.params()
     provenance, diff = code_provenance(project.paths.root)
@@ -160,7 +150,6 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         from bilaf.progress import reporting_progress
-        from dagster_project.defs.planning import reusable_materialization
         from dagster_project.defs.progress import ProgressLog
 
         previous = reusable_materialization(context.instance, project.paths, spec.name)

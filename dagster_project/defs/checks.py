@@ -98,7 +98,7 @@ def selection_includes_every_core(project: ProjectResource) -> dg.AssetCheckResu
 @dg.asset_check(
     asset="boundary_set",
     blocking=True,
-    description="No pick was labeled already or is pending from an earlier round (ROUNDS.md "
+    description="No pick was labeled already or is pending from an earlier round (docs/rounds.md "
     "invariant 1: a label paid for is never asked for again, a pending item never sent twice).",
 )
 def selection_avoids_labeled_and_pending(project: ProjectResource) -> dg.AssetCheckResult:

@@ -26,7 +26,7 @@ from bilaf.stages import SOURCE_PATHS, STAGES, lineage_params
 from bilaf.stages.labels import labels_version
 from bilaf.stages.paths import ProjectPaths
 from dagster_project import dvc
-from dagster_project.defs.assets import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
+from dagster_project.defs.keys import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
 
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"

@@ -1,4 +1,4 @@
-"""variant="repo" against a plain transcription of ALGORITHM.md §4.1-4.5, and its pinned quirks."""
+"""variant="repo" against a plain transcription of docs/algorithm.md §4.1-4.5, and its pinned quirks."""
 
 from __future__ import annotations
 

@@ -206,7 +206,6 @@ def test_bad_knowledge_is_refused_with_the_problem_named(kwargs, message):
         ("margin", {}, "needs labels of at least 2 classes"),
         ("margin", {"labels": np.r_[np.zeros(5, int), np.full(195, -1)]}, "needs labels of at least 2 classes"),
         ("bilaf", {"n_cores": 0}, "0 is allowed only once labels"),
-        ("bilaf", {"variant": "repo", "pending": [1, 2]}, "variant 'repo' reproduces one-shot"),
     ],
 )
 def test_methods_refuse_what_they_cannot_do(method, kwargs, message):

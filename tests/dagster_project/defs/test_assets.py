@@ -8,7 +8,8 @@ from pipeline.conftest import TINY_PARAMS, write_params
 
 from bilaf.config import Params, load_params
 from bilaf.stages import STAGES, lineage_params
-from dagster_project.defs.assets import PARAMS_SOURCES, STAGE_ASSETS, params_key, source_key
+from dagster_project.defs.assets import PARAMS_SOURCES, STAGE_ASSETS
+from dagster_project.defs.keys import params_key, source_key
 from dagster_project.defs.resources import ProjectResource
 
 

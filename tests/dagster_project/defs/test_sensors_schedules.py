@@ -15,7 +15,7 @@ from bilaf.config import Params, load_params
 from bilaf.stages import STAGES, lineage_params
 from bilaf.stages.paths import ProjectPaths
 from dagster_project.definitions import build_definitions
-from dagster_project.defs.assets import POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
+from dagster_project.defs.keys import POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
 from dagster_project.defs.planning import (
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
@@ -221,3 +221,10 @@ def test_a_missing_output_reruns_its_stage_and_what_follows(project_dir, instanc
     order = list(STAGES)
     expected = {"evaluation"} if gone == "evaluation" else set(order[order.index("core_centers") :])
     assert set(request.asset_selection) == {dg.AssetKey(name) for name in expected}
+
+
+def test_the_run_key_tag_is_the_one_dagster_writes():
+    """RUN_KEY_TAG restates a private constant (no public one in Dagster 1.13): fail loudly if it moves."""
+    from dagster._core.storage.tags import RUN_KEY_TAG as DAGSTERS
+
+    assert RUN_KEY_TAG == DAGSTERS

@@ -161,6 +161,20 @@ def test_a_budget_larger_than_an_image_folder_pool_is_refused_before_any_work(tm
     assert time.perf_counter() - started < 60 and not (root / "data").exists() and not (root / "artifacts").exists()
 
 
+@pytest.mark.parametrize(("key", "text"), [("boundary.penalty", ".inf"), ("finetune.lr", ".nan")])
+def test_a_non_finite_number_in_params_yaml_is_refused_before_any_work(tmp_path, capsys, key, text):
+    params = yaml.safe_load((Path(__file__).resolve().parents[3] / "params.yaml").read_text())
+    root = make_project(tmp_path, params)
+    section, name = key.split(".")
+    written = yaml.safe_dump(params, sort_keys=False)
+    line = f"  {name}: {params[section][name]}\n"
+    assert written.count(line) == 1
+    (root / "params.yaml").write_text(written.replace(line, f"  {name}: {text}\n"))  # as a person types it
+    assert bilaf(["run", "--project", str(root)]) == 2
+    assert f"params: {key} must be a finite number, got {float(text[1:])}" in capsys.readouterr().err
+    assert not (root / "data").exists() and not (root / "artifacts").exists()
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_kill_9_mid_stage_keeps_the_last_good_output_and_the_next_run_is_correct(faulty, stage):
     before = _snapshot(faulty)

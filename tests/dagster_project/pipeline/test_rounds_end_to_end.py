@@ -1,6 +1,6 @@
 """Three annotation rounds end to end on a tiny real project (imported labels): new images are
 ingested, annotators' labels imported, each round re-selects around what is labeled or pending
-and finetunes on every label so far. ROUNDS.md invariants 1-4 are asserted on the way.
+and finetunes on every label so far. docs/rounds.md invariants 1-4 are asserted on the way.
 
 Tests run in file order and build on each other (one project goes through the rounds).
 """
@@ -96,6 +96,49 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
     }
 
 
+def _picked_by_select(root: Path) -> list[str]:
+    """The open round's picks by the documented library call: `select` on the pool's features with
+    the round's labeled and pending items and params.yaml's values (one-shot BiLAF with the core
+    section's cores, or later_rounds' method once labels of two classes exist)."""
+    from bilaf.config import load_params
+    from bilaf.selection import select
+    from bilaf.selection.strategy import ONE_SHOT
+    from bilaf.stages.paths import ProjectPaths
+    from bilaf.stages.selection import TrainPool, round_strategy
+    from bilaf.stages.state import RoundKnowledge
+
+    paths = ProjectPaths(root)
+    params = load_params(paths.params)
+    pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
+    labels, pending = pool.label_rows(known)
+    strategy = round_strategy(params, known, pool)
+    method, n_cores = (
+        ("bilaf", params.core.n_cores) if strategy == ONE_SHOT else (strategy, params.later_rounds.n_cores)
+    )
+    options = (
+        {
+            "n_cores": n_cores,
+            "core_method": params.core.method,
+            "variant": params.denoise.variant,
+            "penalty": params.boundary.penalty,
+            "n_neighbors": params.denoise.n_neighbors,
+            "ring_fraction": params.denoise.ring_fraction,
+            "removal_ratio": params.denoise.removal_ratio,
+        }
+        if method == "bilaf"
+        else {}
+    )
+    result = select(
+        pool.source, params.boundary.budget, method, seed=params.core.seed, labels=labels, pending=pending, **options
+    )
+    return pool.ids_at(result.indices)
+
+
+def _picked_by_the_pipeline(root: Path) -> list[str]:
+    selection = root / "artifacts" / "boundary_set" / "selection.csv"
+    return pd.read_csv(selection, dtype={"id": str}, keep_default_na=False)["id"].tolist()
+
+
 def test_round_one_issues_a_batch_and_waits_for_labels(project, capsys):
     assert bilaf(["run", "--project", str(project)]) == 0
     out = capsys.readouterr().out
@@ -106,6 +149,7 @@ def test_round_one_issues_a_batch_and_waits_for_labels(project, capsys):
     model = yaml.safe_load((project / "artifacts" / "finetuned_model" / "round.json").read_text())
     assert model["trained"] is False
     assert isinstance(_request(project), dg.SkipReason)  # nothing changed since
+    assert _picked_by_the_pipeline(project) == _picked_by_select(project)  # one-shot BiLAF
 
 
 def test_new_images_are_ingested_and_launch_exactly_one_run(project, tmp_path):
@@ -183,6 +227,7 @@ def test_round_two_builds_on_every_label_of_round_one(project, tmp_path):
     assert len(round_two) == PARAMS["boundary"]["budget"] and not set(round_two) & set(round_one)  # invariant 1
     selection = pd.read_csv(project / "artifacts" / "boundary_set" / "selection.csv", dtype=str, keep_default_na=False)
     assert set(selection["role"]) == {"boundary"} and (selection["predicted_class"] != "").all()
+    assert _picked_by_the_pipeline(project) == _picked_by_select(project)  # label-aware BiLAF
     with dg.DagsterInstance.get() as instance:  # invariant 3: only the new images were embedded
         metadata = instance.get_latest_materialization_event(dg.AssetKey("embeddings")).asset_materialization.metadata
     assert metadata["computed"].value == NEW_IMAGES
@@ -212,6 +257,7 @@ def test_round_three_spends_its_budget_around_pending_items(project, tmp_path):
     assert state["round"] == 3 and set(state["pending"]) == set(round_two) - set(answered)
     round_three = set(_batch(project)["id"])
     assert not round_three & (set(state["labeled"]) | set(state["pending"]))  # invariant 1
+    assert _picked_by_the_pipeline(project) == _picked_by_select(project)  # label-aware, around pending items
     assert pd.read_csv(project / "rounds" / "round-002" / "batch.csv", dtype={"id": str})["id"].tolist() == round_two
     metrics = yaml.safe_load((project / "artifacts" / "evaluation" / "metrics.json").read_text())
     assert metrics["train_items"] == PARAMS["boundary"]["budget"] + len(answered)
