@@ -191,8 +191,9 @@ DVC_YAML_HEADER = """\
 # assets, each run by the project's CLI: `dvc repro` and Dagster write the same artifacts byte for
 # byte. The two sources are tracked by data.dvc (the pool, grown by `bilaf data sync` and
 # `bilaf ingest`) and labels.dvc (`bilaf labels import`). Each stage lists its upstream outputs, its
-# sources, the code it runs and every params section of its lineage, as the Dagster assets do. The
-# rounds ledger (rounds/) persists across runs.
+# sources, the code it runs and its own params sections, as the Dagster assets do: `dvc repro` after
+# a parameter change stops where an output comes back byte-identical. The rounds ledger (rounds/)
+# persists across runs.
 """
 
 

@@ -188,13 +188,10 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in _TABLE}
 
 
 def lineage_params(name: str) -> tuple[str, ...]:
-    """The params sections that determine a stage's output: its own and every ancestor's, in
-    params.yaml's order.
-
-    Stages depend on all of them directly because Dagster does not propagate staleness
-    transitively: with direct edges, a changed section makes exactly its stage and everything
-    after it stale, in the UI as in `dvc status`.
-    """
+    """The params sections behind a stage's output: its own and every ancestor's, in params.yaml's
+    order. What MLflow records for a stage's run (and `bilaf explain` reads); a stage *depends* on
+    its own sections only (`StageSpec.params`): an ancestor's change reaches it as a new version of
+    its input, or not at all when that input's bytes stayed the same."""
     from bilaf.config import Params
 
     sections = set(STAGES[name].params)
@@ -205,7 +202,7 @@ def lineage_params(name: str) -> tuple[str, ...]:
 
 def dvc_stages() -> dict[str, dict[str, Any]]:
     """The `stages:` of dvc.yaml: each stage run by `bilaf stage NAME`, with its upstream outputs, its
-    sources and its code as deps, every params section of its lineage, and its output."""
+    sources and its code as deps, its own params sections, and its output."""
     return {
         name: {
             "cmd": f"bilaf stage {name}",
@@ -214,7 +211,7 @@ def dvc_stages() -> dict[str, dict[str, Any]]:
                 *(SOURCE_PATHS[source] for source in spec.sources),
                 *(f"bilaf/{path}" for path in spec.code_paths),
             ],
-            "params": list(lineage_params(name)),
+            "params": list(spec.params),
             "outs": [{spec.output: {"persist": True}} if spec.persist else spec.output],
         }
         for name, spec in STAGES.items()

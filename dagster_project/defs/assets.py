@@ -6,9 +6,11 @@ source assets whose data version is the hash of their section of params.yaml. Th
 labels are observable sources too, versioned by their content: observing the pool brings data/ up
 to the configured source (it only ever adds items), observing the labels re-validates labels/ as
 it is on disk, so an edit in place is seen. Each stage asset declares its code version (a hash of
-the code it runs) and depends on its sources and on every params section of its lineage, so a
-changed section, source or code makes exactly the stages after it stale. Its data version is the
-DVC hash of its output.
+the code it runs) and depends on its upstream stages, its sources and its own params sections only:
+a changed section makes its stage stale, and the stages after it only if that stage's output then
+changes (Dagster's stale status is one hop; `bilaf run` and the sensor plan the stages after a
+running one, and each of those carries its version over when its inputs came back the same). Its
+data version is the DVC hash of its output.
 """
 
 import base64
@@ -134,7 +136,7 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
     deps = (
         [dg.AssetKey(name) for name in spec.upstream]
         + [source_key(source) for source in spec.sources]
-        + [params_key(section) for section in lineage_params(spec.name)]
+        + [params_key(section) for section in spec.params]
     )
 
     @dg.asset(

@@ -22,7 +22,7 @@ import dagster as dg
 
 from bilaf import rounds
 from bilaf.config import DataParams, Params
-from bilaf.stages import SOURCE_PATHS, STAGES, lineage_params
+from bilaf.stages import SOURCE_PATHS, STAGES
 from bilaf.stages.labels import labels_version
 from bilaf.stages.paths import ProjectPaths
 from dagster_project import dvc
@@ -193,7 +193,7 @@ def _stale_reason(
             DATA_VERSION_TAG
         ):
             return f"{upstream} has a newer version"
-    inputs = [source_key(source) for source in spec.sources] + [params_key(s) for s in lineage_params(stage)]
+    inputs = [source_key(source) for source in spec.sources] + [params_key(section) for section in spec.params]
     for key in inputs:
         if key in changed or tags.get(INPUT_VERSION_TAG.format(key.to_user_string())) != versions[key]:
             return f"{key.to_user_string()} changed"

@@ -12,7 +12,7 @@ import pytest
 from pipeline.conftest import TINY_PARAMS, free_port, write_params
 
 from bilaf.config import Params, load_params
-from bilaf.stages import STAGES, lineage_params
+from bilaf.stages import STAGES
 from bilaf.stages.paths import ProjectPaths
 from dagster_project.definitions import build_definitions
 from dagster_project.defs.keys import POOL_KEY, SOURCE_FINGERPRINT, params_key, source_key
@@ -75,7 +75,7 @@ def _record_everything_as_current(instance: dg.DagsterInstance, root) -> None:
         paths.output(name).mkdir(parents=True, exist_ok=True)
         tags = {DATA_VERSION_TAG: f"{name}-1", CODE_VERSION_TAG: spec.code_version()}
         tags.update({INPUT_VERSION_TAG.format(upstream): f"{upstream}-1" for upstream in spec.upstream})
-        for key in [source_key(s) for s in spec.sources] + [params_key(s) for s in lineage_params(name)]:
+        for key in [source_key(s) for s in spec.sources] + [params_key(s) for s in spec.params]:
             if versions[key] is not None:
                 tags[INPUT_VERSION_TAG.format(key.to_user_string())] = versions[key]
         instance.report_runless_asset_event(dg.AssetMaterialization(name, tags=tags))

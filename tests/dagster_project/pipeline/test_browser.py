@@ -35,7 +35,6 @@ CHROMIUM_FLAGS = (
     "--no-first-run",
     "--window-size=1600,1000",
 )
-AFTER_BOUNDARY = {"boundary_set", "annotation_batch", "finetuned_model", "evaluation"}
 # Without the daemon no sensor launches runs of its own, so the UI's clicks are the only runs;
 # Dagster's default coordinator launches them at once (the queued one waits for a daemon).
 IMMEDIATE_RUNS = "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
@@ -141,6 +140,20 @@ def _materialized(run_id: str) -> set[str]:
     return {record.dagster_event.asset_key.to_user_string() for record in records}
 
 
+def _unsynced(dagster_ui: str) -> set[str]:
+    """The stages the UI marks unsynced, from the webserver's GraphQL API (what the lineage page shows)."""
+    stale = requests.post(f"{dagster_ui}/graphql", json={"query": STALE_QUERY}, timeout=30).json()
+    return {
+        "/".join(node["assetKey"]["path"]) for node in stale["data"]["assetNodes"] if node["staleStatus"] == "STALE"
+    }
+
+
+def _latest_metadata(stage: str) -> dict:
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(stage))
+    return dict(event.asset_materialization.metadata)
+
+
 def _body(driver) -> str:
     from selenium.webdriver.common.by import By
 
@@ -205,13 +218,7 @@ def test_the_readmes_buttons_rerun_what_a_penalty_change_affects_and_the_links_o
             observed = _next_run(known)
             assert observed.status == dg.DagsterRunStatus.SUCCESS
             assert not _materialized(observed.run_id)  # it only observed the sources
-            stale = requests.post(f"{dagster_ui}/graphql", json={"query": STALE_QUERY}, timeout=30).json()
-            unsynced = {
-                "/".join(node["assetKey"]["path"])
-                for node in stale["data"]["assetNodes"]
-                if node["staleStatus"] == "STALE"
-            }
-            assert unsynced == AFTER_BOUNDARY  # what the UI marks unsynced: exactly what the penalty affects
+            assert _unsynced(dagster_ui) == {"boundary_set"}  # the one stage that reads the penalty
 
             known = _run_ids()
             _lineage_menu(driver, "Materialize unsynced")  # a dialog lists what it will launch
@@ -222,13 +229,28 @@ def test_the_readmes_buttons_rerun_what_a_penalty_change_affects_and_the_links_o
             title = "//*[normalize-space()='Materialize unsynced assets']"
             launch = "//button[starts-with(., 'Materialize ') and not(starts-with(., 'Materialize all'))]"
             dialog = _element(driver, f"{title}/ancestor::*[.{launch}][1]")
-            assert set(dialog.text.split()) & set(STAGES) == AFTER_BOUNDARY, dialog.text
+            assert set(dialog.text.split()) & set(STAGES) == {"boundary_set"}, dialog.text
             driver.save_screenshot(str(screenshots / "dagster-materialize-unsynced.png"))
-            _click(driver, f"//button[normalize-space()='Materialize {len(AFTER_BOUNDARY)} assets']")
-            materialized = _next_run(known)
-            driver.save_screenshot(str(screenshots / "dagster-after-materialize-unsynced.png"))
-            assert materialized.status == dg.DagsterRunStatus.SUCCESS
-            assert _materialized(materialized.run_id) & set(STAGES) == AFTER_BOUNDARY
+            _click(driver, "//button[normalize-space()='Materialize 1 assets']")
+            selected = _next_run(known)
+            assert selected.status == dg.DagsterRunStatus.SUCCESS
+            assert _materialized(selected.run_id) & set(STAGES) == {"boundary_set"}
+            # Dagster's stale status is one hop: the batch turns unsynced now that the picks changed.
+            assert _unsynced(dagster_ui) == {"annotation_batch"}
+
+            known = _run_ids()
+            driver.refresh()
+            _click(driver, "//button[starts-with(normalize-space(), 'Materialize all')]")
+            rest = _next_run(known)
+            driver.save_screenshot(str(screenshots / "dagster-after-materialize-all.png"))
+            assert rest.status == dg.DagsterRunStatus.SUCCESS
+            assert _unsynced(dagster_ui) == set()
+            carried = {
+                stage
+                for stage in STAGES
+                if "reused_from_run" in _latest_metadata(stage)  # unchanged inputs: carried over
+            }
+            assert carried == set(STAGES) - {"annotation_batch", "finetuned_model", "evaluation"}
 
             driver.get(f"{dagster_ui}/assets/boundary_set")
             link = _element(driver, "//a[contains(@href, '#/experiments/')]").get_attribute("href")
@@ -236,6 +258,6 @@ def test_the_readmes_buttons_rerun_what_a_penalty_change_affects_and_the_links_o
             driver.get(mlflow_ui + link[link.index("/#/") :])  # the link names `make mlflow-ui`'s port
             _wait_for_text(driver, "Model registry")  # the training view's navigation
             assert "Observability" not in _body(driver)  # the GenAI view's
-            dagster_run = _element(driver, f"//a[contains(@href, '/runs/{materialized.run_id}')]")
-            assert dagster_run.text == materialized.run_id[:8]  # the description links the Dagster run
+            dagster_run = _element(driver, f"//a[contains(@href, '/runs/{selected.run_id}')]")
+            assert dagster_run.text == selected.run_id[:8]  # the description links the Dagster run
             driver.save_screenshot(str(screenshots / "mlflow-run.png"))

@@ -218,10 +218,10 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
     params = copy.deepcopy(TINY_PARAMS)
     params["boundary"]["penalty"] = 1.5
     write_params(tiny_project, params)
-    expected = {"boundary_set", "annotation_batch", "finetuned_model", "evaluation"}
+    expected = {"boundary_set", "annotation_batch", "finetuned_model", "evaluation"}  # here the batch changes
 
     dvc_changed = run([str(BIN / "dvc"), "status", "--json"], tiny_project, project_env).stdout
-    assert set(yaml.safe_load(dvc_changed)) == expected  # DVC sees the same stages as changed
+    assert set(yaml.safe_load(dvc_changed)) == {"boundary_set"}  # the one stage that reads the penalty
 
     defs = build_definitions(str(tiny_project))
     with dg.DagsterInstance.get() as instance:  # the sensor asks for exactly this run
@@ -239,7 +239,7 @@ def test_changing_the_penalty_reruns_exactly_the_boundary_set_and_what_follows(t
         assert {event.asset_key for event in observation.get_asset_observation_events()} == {
             source.key for source in PARAMS_SOURCES
         }
-        assert _stale_stages(instance, tiny_project) == expected
+        assert _stale_stages(instance, tiny_project) == {"boundary_set"}  # as DVC says
 
     capsys.readouterr()
     assert bilaf(["run", "--project", str(tiny_project)]) == 0
@@ -405,3 +405,33 @@ def test_logging_to_a_real_mlflow_server(tiny_project, project_env, tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_a_penalty_change_that_leaves_the_batch_alone_stops_at_the_batch(tiny_project, project_env, capsys):
+    """Every pick a core (core.n_cores = budget): the penalty cannot change the batch. Only
+    boundary_set depends on the penalty (DVC and the UI's stale status say so); the run re-selects,
+    re-issues a byte-identical batch and carries the model and its evaluation over: no training, no
+    new model version, and nothing stale after."""
+    import mlflow
+
+    params = {**TINY_PARAMS, "core": {**TINY_PARAMS["core"], "n_cores": 40}, "boundary": {"budget": 40, "penalty": 1.5}}
+    write_params(tiny_project, params)
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow' / 'mlflow.db'}")
+    versions = len(client.search_model_versions("name = 'bilaf-finetuned'"))
+    batch = (tiny_project / "artifacts" / "annotation_batch" / "to_annotate.csv").read_bytes()
+
+    write_params(tiny_project, {**params, "boundary": {"budget": 40, "penalty": 1.2}})
+    dvc_changed = run([str(BIN / "dvc"), "status", "--json"], tiny_project, project_env).stdout
+    assert set(yaml.safe_load(dvc_changed)) == {"boundary_set"}
+    capsys.readouterr()
+    assert bilaf(["run", "--project", str(tiny_project)]) == 0
+    printed = capsys.readouterr().out
+    assert _stage_lines(printed) == ["boundary_set", "annotation_batch", "finetuned_model", "evaluation"], printed
+    carried = [line for line in printed.splitlines() if "reused, not recomputed" in line]
+    assert [line.split()[0] for line in carried] == ["finetuned_model", "evaluation"], printed
+    assert (tiny_project / "artifacts" / "annotation_batch" / "to_annotate.csv").read_bytes() == batch
+    assert len(client.search_model_versions("name = 'bilaf-finetuned'")) == versions
+    assert "up to date" in run([str(BIN / "dvc"), "status"], tiny_project, project_env).stdout
+    with dg.DagsterInstance.get() as instance:
+        assert _stale_stages(instance, tiny_project) == set()
