@@ -13,16 +13,15 @@ own code on PYTHONPATH. Prints one row per run: seconds, the stages computed and
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from fresh_clone import REPO, fresh_clone
+
 STAGE_LINE = re.compile(r"^([a-z_]+) +\d+\.\d s  (.*)$")
 PENALTIES = ("1.1", "1.2", "1.3")
 
@@ -52,26 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", default="HEAD", help="the commit to clone (default: %(default)s)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bilaf-parameter-change-") as scratch:
-        project = Path(scratch) / "project"
-        subprocess.run(["git", "clone", "-q", str(REPO), str(project)], check=True)
-        subprocess.run(["git", "-C", str(project), "checkout", "-q", args.ref], check=True)
-        for venv in (".venv", ".venv-dvc"):
-            (project / venv).symlink_to(REPO / venv)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(project / ".dagster_home"),
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "1",
-            "OMP_WAIT_POLICY": "PASSIVE",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(project),  # the clone's code, not this checkout's editable install
-            "PATH": f"{project / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        for name in ("MLFLOW_TRACKING_URI", "BILAF_DAGSTER_URL", "BILAF_PROJECT_DIR"):
-            env.pop(name, None)
-        setup = "from dagster_project.defs.planning import project_dagster_home; project_dagster_home('.')"
-        subprocess.run([sys.executable, "-c", setup], cwd=project, env=env, check=True)
+    with fresh_clone(args.ref) as (project, env):
         params = project / "params.yaml"
         rows = []
         for before, after in zip((None, *PENALTIES), PENALTIES):

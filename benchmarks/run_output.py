@@ -10,15 +10,14 @@ comes as plain lines), then again after `boundary.penalty` 1.1 -> 1.2. Prints a 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from fresh_clone import fresh_clone
+
 PROGRESS = re.compile(r"^[^:]+: \d+/\d+ \(\d+%\)")
 
 
@@ -36,25 +35,7 @@ def _bilaf_run(project: Path, env: dict[str, str]) -> tuple[int, float, list[str
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="bilaf-run-output-") as scratch:
-        project = Path(scratch) / "project"
-        subprocess.run(["git", "clone", "-q", str(REPO), str(project)], check=True)
-        for venv in (".venv", ".venv-dvc"):
-            (project / venv).symlink_to(REPO / venv)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(project / ".dagster_home"),
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "1",
-            "OMP_WAIT_POLICY": "PASSIVE",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(project),  # the clone's code, not this checkout's editable install
-            "PATH": f"{project / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        env.pop("MLFLOW_TRACKING_URI", None)
-        env.pop("BILAF_DAGSTER_URL", None)
-        setup = "from dagster_project.defs.planning import project_dagster_home; project_dagster_home('.')"
-        subprocess.run([sys.executable, "-c", setup], cwd=project, env=env, check=True)
+    with fresh_clone() as (project, env):
         rows = [("first run", *_bilaf_run(project, env))]
         params = project / "params.yaml"
         text = params.read_text()
