@@ -185,6 +185,11 @@ def restore(root: Path, md5: str, target: Path, only: set[str] | None = None) ->
         restore(root, entry["md5"], target / entry["relpath"])
 
 
+def dvc_input_tag(path: str) -> str:
+    """The MLflow tag holding the DVC version of ``path`` (a stage's dependency) that a run read."""
+    return f"dvc_input:{path}"
+
+
 DVC_YAML_HEADER = """\
 # Rendered from the stage table (bilaf/stages/table.py) by `bilaf dvc-yaml` (`make dvc-yaml`): edit
 # the table, never this file; a test fails when the two differ. The same stages as the Dagster

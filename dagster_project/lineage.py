@@ -210,7 +210,7 @@ class Records:
 
 def _input_tag(stage: str) -> str:
     """The MLflow tag holding the DVC version of ``stage``'s output that a run read."""
-    return f"dvc_input:{STAGES[stage].output}"
+    return dvc.dvc_input_tag(STAGES[stage].output)
 
 
 def _date(run) -> str:

@@ -32,7 +32,7 @@ from .denoise import IdcParams, denoise_validated
 from .probe import class_probabilities
 from .results import Pick, SelectionResult
 from .shards import FeatureRows
-from .strategy import MIN_LABELED_CLASSES, free_items, is_label_aware
+from .strategy import MIN_LABELED_CLASSES, free_of, is_label_aware
 from .variants import Stage2Settings, resolve_settings
 
 MethodFn = Callable[..., SelectionResult]
@@ -171,11 +171,11 @@ def _one_shot_bilaf(
     compute: Compute | None,
 ) -> SelectionResult:
     """Stage 2 around ``cores``; with labeled or pending items (but too few classes to use),
-    on the free items (``free_items``), so none of those is ever picked."""
+    on the free items (``strategy.free_items``), so none of those is ever picked."""
     if known is None or not known.taken.any():
         denoised = denoise_validated(source, np.sort(cores), variant, settings, idc, compute)
         return select_boundary_validated(source, denoised, budget, penalty, settings, variant, compute)
-    free = free_items(len(source), known.labels, known.pending)
+    free = free_of(known, len(source))
     sub = source.subset(free)
     denoised = denoise_validated(sub, np.sort(np.searchsorted(free, cores)), variant, settings, idc, compute)
     local = select_boundary_validated(sub, denoised, budget, penalty, settings, variant, compute)
@@ -257,7 +257,7 @@ def _margin(
     known = validate_known(labels, pending, len(matrix), budget)
     if not is_label_aware(known):
         raise InvalidInputError(f"margin sampling needs labels of at least {MIN_LABELED_CLASSES} classes (labels=...)")
-    free = np.flatnonzero(~known.taken)
+    free = free_of(known, len(matrix))
     classes, probabilities = class_probabilities(matrix, known.labeled, known.labels[known.labeled], free)
     top_two = np.argsort(-probabilities, axis=1, kind="stable")[:, :2]
     best = np.take_along_axis(probabilities, top_two, axis=1)

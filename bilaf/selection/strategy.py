@@ -32,5 +32,9 @@ def round_strategy(n_items: int, labels: Any = None, pending: Any = None, *, met
 def free_items(n_items: int, labels: Any = None, pending: Any = None) -> np.ndarray:
     """The items neither labeled nor pending, ascending: what a one-shot round picks from (pick
     on ``features[free]``, then ``SelectionResult.on_rows(free)`` names the picks as items)."""
-    known = validate_known(labels, pending, n_items)
+    return free_of(validate_known(labels, pending, n_items), n_items)
+
+
+def free_of(known: KnownItems | None, n_items: int) -> np.ndarray:
+    """``free_items`` of already validated knowledge."""
     return np.arange(n_items, dtype=np.int64) if known is None else np.flatnonzero(~known.taken)

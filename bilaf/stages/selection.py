@@ -28,12 +28,12 @@ def run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
     from bilaf.selection.strategy import ONE_SHOT
 
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
-    strategy = round_strategy(params, known, pool)
+    labels, pending = pool.label_rows(known)
+    strategy = round_strategy(params, len(pool.ids), labels, pending)
     n_cores = {ONE_SHOT: params.core.n_cores, "bilaf": params.later_rounds.n_cores}.get(strategy, 0)
     payload: dict[str, Any] = {"round": known.round, "strategy": strategy}
     where: dict[str, Any] = {}
     if n_cores:
-        labels, pending = pool.label_rows(known)
         with stage_compute(params, paths.root) as compute:
             cores = select_cores(
                 pool.source,
@@ -58,10 +58,11 @@ def run_core_centers(paths: ProjectPaths, params: Params) -> StageOutcome:
 
 def run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
     from bilaf.selection import class_regions, denoise
-    from bilaf.selection.strategy import ONE_SHOT
+    from bilaf.selection.strategy import ONE_SHOT, free_items
 
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
-    strategy = round_strategy(params, known, pool)
+    labels, pending = pool.label_rows(known)
+    strategy = round_strategy(params, len(pool.ids), labels, pending)
     section = params.denoise
     idc = {
         "n_neighbors": section.n_neighbors,
@@ -72,7 +73,7 @@ def run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
     payload: dict[str, Any] = {"round": known.round, "strategy": strategy}
     where: dict[str, Any] = {}
     if strategy == ONE_SHOT:
-        free = pool.free_rows(known)
+        free = free_items(len(pool.ids), labels, pending)
         with stage_compute(params, paths.root) as compute:
             denoised = denoise(
                 pool.source.subset(free), _positions(free, cores), variant=section.variant, compute=compute, **idc
@@ -81,7 +82,6 @@ def run_denoised_pool(paths: ProjectPaths, params: Params) -> StageOutcome:
         payload.update(denoised=denoised.to_dict(), ids=pool.ids_at(free))
         kept = int(np.count_nonzero(denoised.kept))
     elif strategy == "bilaf":
-        labels, pending = pool.label_rows(known)
         regions = class_regions(pool.features, labels, pending=pending, cores=cores, **idc)
         payload.update(regions=regions.to_dict(), ids=pool.ids, classes=pool.class_names)
         kept = int(np.count_nonzero(regions.kept))
@@ -106,16 +106,17 @@ def run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
         select_boundary,
         select_class_boundary,
     )
-    from bilaf.selection.strategy import ONE_SHOT
+    from bilaf.selection.strategy import ONE_SHOT, free_items
 
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
-    strategy = round_strategy(params, known, pool)
+    labels, pending = pool.label_rows(known)
+    strategy = round_strategy(params, len(pool.ids), labels, pending)
     denoised = artifacts.read_json(paths.output("denoised_pool"))
     budget, penalty = params.boundary.budget, params.boundary.penalty
     kept = None
     where: dict[str, Any] = {}
     if strategy == ONE_SHOT:
-        free = pool.free_rows(known)
+        free = free_items(len(pool.ids), labels, pending)
         core_rows = _core_rows(paths, pool)
         cores = dataclasses.replace(
             CoreSelection.from_dict(artifacts.read_json(paths.output("core_centers"))["cores"]),
@@ -135,7 +136,6 @@ def run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
         result = select_class_boundary(pool.features, regions, budget, penalty=penalty)
         kept = regions.kept
     else:
-        labels, pending = pool.label_rows(known)
         with stage_compute(params, paths.root) as compute:
             result = select(
                 pool.source, budget, strategy, labels=labels, pending=pending, seed=params.core.seed, compute=compute
@@ -171,14 +171,14 @@ def run_boundary_set(paths: ProjectPaths, params: Params) -> StageOutcome:
     )
 
 
-def round_strategy(params: Params, known: RoundKnowledge, pool: TrainPool) -> str:
+def round_strategy(params: Params, n_items: int, labels: np.ndarray, pending: np.ndarray) -> str:
     """What this round runs, by the library's rule (`bilaf.selection.strategy`): "one-shot" BiLAF
     (round 1, or no labels of 2+ classes yet: the core, denoise and boundary sections, around the
-    labeled and pending items) or `later_rounds.method` once there are."""
+    labeled and pending items) or `later_rounds.method` once there are. ``labels``/``pending``:
+    `TrainPool.label_rows`."""
     from bilaf.selection.strategy import round_strategy as library_strategy
 
-    labels, pending = pool.label_rows(known)
-    return library_strategy(len(pool.ids), labels, pending, method=params.later_rounds.method)
+    return library_strategy(n_items, labels, pending, method=params.later_rounds.method)
 
 
 def _skipped(strategy: str) -> str:
@@ -247,12 +247,6 @@ class TrainPool:
                 labels[self.row_of[item]] = index_of[name]
         pending = np.array(sorted(self.row_of[item] for item in known.pending if item in self.row_of), dtype=np.int64)
         return labels, pending
-
-    def free_rows(self, known: RoundKnowledge) -> np.ndarray:
-        """Train rows neither labeled nor pending, ascending: what a one-shot round picks from."""
-        from bilaf.selection.strategy import free_items
-
-        return free_items(len(self.ids), *self.label_rows(known))
 
     def ids_at(self, positions: Any) -> list[str]:
         return [self.ids[int(position)] for position in positions]

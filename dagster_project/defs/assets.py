@@ -31,6 +31,7 @@ from dagster_project.defs.keys import LABELS_KEY, POOL_KEY, SOURCE_FINGERPRINT, 
 from dagster_project.defs.planning import configured_source_fingerprint, reusable_materialization
 from dagster_project.defs.resources import DvcResource, ProjectResource
 from dagster_project.defs.tracking import MlflowResource
+from dagster_project.dvc import dvc_input_tag
 
 PARAMS_GROUP = "parameters"
 SOURCES_GROUP = "sources"
@@ -179,7 +180,7 @@ def _stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
                 {
                     "dvc_md5": output_hash,
                     **{
-                        f"dvc_input:{path}": md5
+                        dvc_input_tag(path): md5
                         for path, md5 in dvc.dependency_hashes(spec.name).items()
                         if path not in code_deps  # the code is recorded as code_version
                     },

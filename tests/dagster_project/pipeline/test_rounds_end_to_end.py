@@ -111,7 +111,7 @@ def _picked_by_select(root: Path) -> list[str]:
     params = load_params(paths.params)
     pool, known = TrainPool.load(paths), RoundKnowledge.load(paths)
     labels, pending = pool.label_rows(known)
-    strategy = round_strategy(params, known, pool)
+    strategy = round_strategy(params, len(pool.ids), labels, pending)
     method, n_cores = (
         ("bilaf", params.core.n_cores) if strategy == ONE_SHOT else (strategy, params.later_rounds.n_cores)
     )
